@@ -1,4 +1,4 @@
-"""Shared test setup: CPU, float64 available, strict rank promotion, and a key fixture."""
+"""Shared test setup: CPU, float64 available, and a key fixture."""
 
 import os
 
@@ -10,7 +10,6 @@ import pytest  # noqa: E402
 # Parity tests compare against float64 NumPy oracles; library code always passes
 # explicit dtypes, so enabling x64 does not silently change what it computes.
 jax.config.update("jax_enable_x64", True)
-jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
 @pytest.fixture
