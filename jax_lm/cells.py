@@ -4,7 +4,7 @@ A cell is a frozen dataclass of *static* options (hashable, so it can be closed 
 or passed as a static argument to `jax.jit`) whose methods are pure functions:
 
     init(key, input_size, hidden_size, inits) -> params      # dict of arrays
-    initial_carry(batch_size, hidden_size, dtype) -> carry   # h, or LSTMState(h, c)
+    initial_carry(batch_size, hidden_size, dtype) -> carry   # zeros: h, or LSTMState(h, c)
     recur(params, carry, xw_t) -> (carry, h_t)               # one step, xw_t [B, G·H]
     step(params, carry, x_t) -> (carry, h_t)                 # scan's signature, x_t [B, I]
 
@@ -99,6 +99,10 @@ def project_ids(params: Params, ids: Array) -> Array:
     return xw + params["b"] if "b" in params else xw
 
 
+def _batch_shape(batch_size: int | tuple[int, ...]) -> tuple[int, ...]:
+    return (batch_size,) if isinstance(batch_size, int) else tuple(batch_size)
+
+
 def _dense_params(cell, key, input_size, hidden_size, inits, dtype) -> Params:
     """w_x [I, G·H], w_h [H, G·H] and (if the cell has one) b [G·H]."""
     width = len(cell.GATES) * hidden_size
@@ -152,8 +156,9 @@ class RNN(_Cell):
              dtype=jnp.float32) -> Params:
         return _dense_params(self, key, input_size, hidden_size, inits or make_inits(), dtype)
 
-    def initial_carry(self, batch_size: int, hidden_size: int, dtype=jnp.float32) -> Array:
-        return jnp.zeros((batch_size, hidden_size), dtype)
+    def initial_carry(self, batch_size: int | tuple[int, ...], hidden_size: int,
+                      dtype=jnp.float32) -> Array:
+        return jnp.zeros((*_batch_shape(batch_size), hidden_size), dtype)
 
     def recur(self, params: Params, h: Array, xw_t: Array):
         h = _activation(self.activation)(xw_t + h @ params["w_h"])  # (B, H)
@@ -213,8 +218,9 @@ class LSTM(_Cell):
                               for g, k in zip(self.peephole_gates, keys)}
         return params
 
-    def initial_carry(self, batch_size: int, hidden_size: int, dtype=jnp.float32) -> LSTMState:
-        zeros = jnp.zeros((batch_size, hidden_size), dtype)
+    def initial_carry(self, batch_size: int | tuple[int, ...], hidden_size: int,
+                      dtype=jnp.float32) -> LSTMState:
+        zeros = jnp.zeros((*_batch_shape(batch_size), hidden_size), dtype)
         return LSTMState(hidden=zeros, cell=zeros)
 
     def output(self, carry: LSTMState) -> Array:
@@ -252,12 +258,12 @@ class CIFG(LSTM):
 class GRU(_Cell):
     """Gated recurrent unit (Cho et al. 2014), in the form of flax's GRUCell and cuDNN:
 
-        r = σ(z_r)                z = x_t W_x + b,  u = h_{t-1} W_h
-        u_gate = σ(z_u + u_u)     (the update gate; r's pre-activation adds u_r)
-        n = tanh(z_n + r ⊙ (u_n + b_hn))
-        h_t = (1 − u_gate) ⊙ n + u_gate ⊙ h_{t-1}
+        r = σ(x W_xr + b_r + h_{t-1} W_hr)
+        z = σ(x W_xz + b_z + h_{t-1} W_hz)
+        n = tanh(x W_xn + b_n + r ⊙ (h_{t-1} W_hn + b_hn))
+        h_t = (1 − z) ⊙ n + z ⊙ h_{t-1}
 
-    Gate blocks in order (r, z, n) with z the update gate, as in flax and PyTorch.
+    Gate blocks in order (r, z, n), as in flax and PyTorch; z is the update gate.
     """
 
     use_bias: bool = True
@@ -273,8 +279,9 @@ class GRU(_Cell):
             params["b_hn"] = inits.b(k_b, (hidden_size,), dtype)
         return params
 
-    def initial_carry(self, batch_size: int, hidden_size: int, dtype=jnp.float32) -> Array:
-        return jnp.zeros((batch_size, hidden_size), dtype)
+    def initial_carry(self, batch_size: int | tuple[int, ...], hidden_size: int,
+                      dtype=jnp.float32) -> Array:
+        return jnp.zeros((*_batch_shape(batch_size), hidden_size), dtype)
 
     def recur(self, params: Params, h: Array, xw_t: Array):
         x_r, x_z, x_n = jnp.split(xw_t, 3, axis=-1)
