@@ -220,8 +220,9 @@ class LSTM(_Cell):
 
     def initial_carry(self, batch_size: int | tuple[int, ...], hidden_size: int,
                       dtype=jnp.float32) -> LSTMState:
-        zeros = jnp.zeros((*_batch_shape(batch_size), hidden_size), dtype)
-        return LSTMState(hidden=zeros, cell=zeros)
+        shape = (*_batch_shape(batch_size), hidden_size)
+        # Two distinct buffers, so that a donated carry never donates one buffer twice.
+        return LSTMState(hidden=jnp.zeros(shape, dtype), cell=jnp.zeros(shape, dtype))
 
     def output(self, carry: LSTMState) -> Array:
         return carry.hidden

@@ -11,7 +11,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from pathlib import Path
+
+from jax_lm.checkpoint import CheckpointError
+from jax_lm.config import ConfigError
 from jax_lm.data import DataError, Tokenizer, load_corpus
+from jax_lm.train import TrainingError
 
 
 def _optional(token: str) -> str | None:
@@ -117,21 +122,157 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train(commands) -> None:
+    p = commands.add_parser(
+        "train", help="train a model (default: a small char LSTM on the embedded corpus)",
+        description="Train as a config says. Override any field with --config.<path>=<value>, "
+        "e.g. --config.model.hidden_size=650; unknown keys are rejected.")
+    p.add_argument("--config", dest="config_file", default=None, metavar="NAME_OR_PATH",
+                   help="experiments/configs/<NAME>.py or a path to a config file (default: base)")
+    p.add_argument("--workdir", default=None,
+                   help="run folder (default: runs/<config>-<date>-<time>)")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its latest checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=_train, takes_overrides=True)
+
+
+def _train(args: argparse.Namespace) -> int:
+    import time as _time
+
+    from jax_lm import config as config_lib
+    from jax_lm import train
+
+    if args.resume:
+        run_dir = args.resume
+        config = config_lib.from_json((Path(run_dir) / "config.json").read_text()) if (
+            Path(run_dir) / "config.json").is_file() else None
+        if config is None:
+            raise train.TrainingError(f"nothing to resume in {run_dir}: no config.json")
+    else:
+        config = config_lib.load_config(args.config_file)
+        name = Path(args.config_file).stem if args.config_file else "base"
+        run_dir = args.workdir or f"runs/{name}-{_time.strftime('%Y%m%d-%H%M%S')}"
+    config_lib.apply_overrides(config, args.overrides)
+    train.train_and_evaluate(config, run_dir, resume=bool(args.resume),
+                             progress=not args.no_progress)
+    return 0
+
+
+def _add_run_arg(p) -> None:
+    p.add_argument("run_dir", help="a run folder written by 'jax-lm train'")
+    p.add_argument("--checkpoint", default="best",
+                   help="'best' (default), 'latest', or a checkpoint file")
+
+
+def _add_eval(commands) -> None:
+    p = commands.add_parser("eval", help="perplexity (and bits per token) of a run on a split",
+                            description="Evaluate a trained run on a split of its corpus.")
+    _add_run_arg(p)
+    p.add_argument("--split", default="valid", help="train, valid or test (default: valid)")
+    p.add_argument("--quality", type=int, default=0, metavar="N",
+                   help="also generate N samples and report distinct-n, n-gram overlap with "
+                   "the split and the longest span copied from the training text")
+    p.add_argument("--num-tokens", type=int, default=200, help="tokens per quality sample")
+    p.set_defaults(run=_eval)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from jax_lm import train
+
+    run = train.load_run(args.run_dir, args.checkpoint)
+    corpus = train.load_run_corpus(run.config, run.vocab)
+    if args.split not in corpus.splits:
+        raise DataError(f"the corpus has no {args.split!r} split; it has {sorted(corpus.splits)}")
+    scores = train.evaluate(run.params, run.lm_config,
+                            train.eval_batches(run.config, corpus, args.split))
+    unit = "char" if run.config.data.level == "char" else "token"
+    print(f"{args.split}: {scores['tokens']} tokens, nll {scores['nll']:.4f} nats/{unit}, "
+          f"perplexity {scores['ppl']:.3f}, {scores['bits']:.4f} bits/{unit}")
+    if args.quality:
+        from jax_lm import metrics
+
+        samples = train.generate_token_samples(run, num_samples=args.quality,
+                                               num_tokens=args.num_tokens)
+        report = metrics.quality_report(samples, corpus.splits["train"], corpus.splits[args.split])
+        for key, value in report.items():
+            print(f"  {key:<24} {value:.4f}" if isinstance(value, float) else f"  {key:<24} {value}")
+    return 0
+
+
+def _add_sample(commands) -> None:
+    p = commands.add_parser("sample", help="generate text from a trained run",
+                            description="Generate text from a run's checkpoint (one jitted loop).")
+    _add_run_arg(p)
+    p.add_argument("--prime", default=None, help="text to continue (default: the config's)")
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--num-tokens", type=int, default=None)
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--greedy", action="store_true")
+    p.add_argument("--resample-once", action="store_true",
+                   help="003's rule: draw once more when the draw is not the argmax")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_sample)
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from jax_lm import train
+
+    run = train.load_run(args.run_dir, args.checkpoint)
+    s = run.config.sample
+    for field in ("prime", "num_tokens", "temperature", "top_k", "top_p"):
+        if getattr(args, field) is not None:
+            s[field] = getattr(args, field)
+    s.greedy = s.greedy or args.greedy
+    s.resample_once = s.resample_once or args.resample_once
+    s.num_samples = args.num_samples
+    for text in train.sample_texts(run, seed=args.seed):
+        print(text)
+        print()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jax-lm", description="Recurrent language models in JAX.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(commands)
+    _add_eval(commands)
+    _add_sample(commands)
     _add_stats(commands)
     return parser
 
 
+def _split_overrides(extra: list[str]) -> dict[str, str]:
+    """`--config.a.b=v` or `--config.a.b v` pairs from the arguments argparse did not know."""
+    overrides, i = {}, 0
+    while i < len(extra):
+        arg = extra[i]
+        if not arg.startswith("--config."):
+            raise SystemExit(f"jax-lm: error: unrecognized argument {arg!r}")
+        key, eq, value = arg[len("--config."):].partition("=")
+        if not eq:
+            if i + 1 >= len(extra):
+                raise SystemExit(f"jax-lm: error: {arg} needs a value")
+            value, i = extra[i + 1], i + 1
+        overrides[key] = value
+        i += 1
+    return overrides
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs one command; returns the process exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "takes_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides = _split_overrides(extra)
     import datasets
 
     datasets.disable_progress_bars()  # the command prints its own summary
     try:
         return args.run(args)
-    except DataError as err:
+    except (DataError, ConfigError, TrainingError, CheckpointError) as err:
         print(f"jax-lm: error: {err}", file=sys.stderr)
         return 1

@@ -1,0 +1,144 @@
+"""Training end to end: every cell learns, resume is bit-exact, NaN stops cleanly, regimes."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jax_lm import batching, checkpoint, model, optim, train
+from jax_lm import config as config_lib
+from tests.oracles import tutorial_rnn
+
+TEXT = "the cat sat on the mat. the dog sat on the log.\n" * 40
+
+
+@pytest.fixture(scope="module")
+def corpus_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "tiny.txt"
+    path.write_text(TEXT)
+    return path
+
+
+def _config(corpus_file, tmp_path, **overrides):
+    config = config_lib.get_config()
+    base = {
+        "data.source": str(corpus_file), "data.cache_dir": str(tmp_path / "cache"),
+        "data.batch_size": "4", "data.seq_len": "16", "model.hidden_size": "24",
+        "train.epochs": "2", "train.log_every": "5", "train.learning_rate": "0.01",
+        "sample.num_tokens": "20",
+    }
+    return config_lib.apply_overrides(config, {**base, **{k: str(v) for k, v in overrides.items()}})
+
+
+def _run(config, run_dir, **kwargs):
+    return train.train_and_evaluate(config, run_dir, progress=False, print_fn=lambda _: None,
+                                    **kwargs)
+
+
+def _records(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "cifg", "gru"])
+def test_each_cell_trains_end_to_end_and_its_loss_drops(corpus_file, tmp_path, cell):
+    config = _config(corpus_file, tmp_path, **{"model.cell": cell, "train.epochs": 3})
+    result = _run(config, tmp_path / "run")
+    epochs = [r for r in _records(tmp_path / "run") if "valid_ppl" in r and "epoch" in r]
+    assert len(epochs) == 3
+    assert epochs[-1]["valid_nll"] < 0.7 * epochs[0]["valid_nll"]  # clearly learning
+    assert result["valid_ppl"] == pytest.approx(np.exp(result["valid_nll"]))
+    for name in ("config.json", "vocab.json", "metrics.jsonl", "curves.png", "samples.txt"):
+        assert (tmp_path / "run" / name).is_file(), name
+    assert checkpoint.best_path(tmp_path / "run").is_file()
+
+
+def test_resumed_run_ends_with_bitwise_identical_parameters(corpus_file, tmp_path):
+    """Stop after 7 steps (mid-epoch, with dropout and a plateau rule), resume, compare."""
+    settings = {"model.dropout": 0.3, "train.lr_rule": "halve_when_loss_rises",
+                "train.epochs": 3}
+    full = _config(corpus_file, tmp_path, **settings)
+    _run(full, tmp_path / "full")
+    _run(_config(corpus_file, tmp_path, **settings, **{"train.max_steps": 7}), tmp_path / "cut")
+    assert checkpoint.saved_steps(tmp_path / "cut")[-1] == 7
+    _run(full, tmp_path / "cut", resume=True)
+
+    def final_params(run_dir):
+        path = checkpoint.latest_path(run_dir)
+        template = train.load_run(run_dir, "latest")
+        return checkpoint.load_checkpoint(path, _template(template))[0]
+
+    a, b = final_params(tmp_path / "full"), final_params(tmp_path / "cut")
+    assert int(a.step) == int(b.step)
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(optim.learning_rate(a.opt_state),
+                                  optim.learning_rate(b.opt_state))
+
+
+def _template(run):
+    return train.init_train_state(jax.random.key(0), run.lm_config,
+                                  train.build_optimizer(run.config), run.config.data.batch_size)
+
+
+def test_an_existing_run_is_never_overwritten(corpus_file, tmp_path):
+    config = _config(corpus_file, tmp_path, **{"train.max_steps": 2})
+    _run(config, tmp_path / "run")
+    before = checkpoint.latest_path(tmp_path / "run").read_bytes()
+    with pytest.raises(train.TrainingError, match="already holds a run"):
+        _run(config, tmp_path / "run")
+    assert checkpoint.latest_path(tmp_path / "run").read_bytes() == before
+
+
+def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
+        corpus_file, tmp_path):
+    config = _config(corpus_file, tmp_path, **{
+        "train.optimizer": "sgd", "train.learning_rate": 1e12, "train.clip_norm": 0.0,
+        "train.checkpoint_every": 1, "train.log_every": 1, "model.cell": "rnn",
+        "model.activation": "relu"})
+    with pytest.raises(train.TrainingError, match=r"non-finite loss or gradient at step \d+"):
+        _run(config, tmp_path / "run")
+    run = train.load_run(tmp_path / "run", "latest")
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(run.params))
+
+
+def test_nonfinite_steps_can_be_skipped_instead(corpus_file, tmp_path):
+    config = _config(corpus_file, tmp_path, **{
+        "train.optimizer": "sgd", "train.learning_rate": 1e12, "train.clip_norm": 0.0,
+        "train.on_nonfinite": "skip", "train.max_steps": 6, "model.cell": "rnn",
+        "model.activation": "relu"})
+    _run(config, tmp_path / "run")
+    assert sum(r.get("skipped_nonfinite", 0) for r in _records(tmp_path / "run")) > 0
+
+
+def test_window_regime_train_step_applies_001s_truncated_sgd_update(key):
+    """One SGD step of the 'window' regime on a sentence == 001's bptt_truncate=4 update."""
+    vocab, hidden, lr = 9, 5, 0.3
+    rnn = tutorial_rnn.init_params(np.random.default_rng(0), vocab, hidden)
+    x = np.array([0, 3, 1, 4, 1, 5, 2, 6, 5, 3])
+    y = np.array([3, 1, 4, 1, 5, 2, 6, 5, 3, 8])
+    expected = tutorial_rnn.sgd_step(rnn, x, y, lr, bptt_truncate=4)
+
+    lm_config = model.LMConfig(vocab_size=vocab, cell=config_lib.cells.RNN(use_bias=False),
+                               num_layers=1, hidden_size=hidden, one_hot=True,
+                               output_bias=False, param_dtype="float64")
+    opt = optim.make_optimizer("sgd", lr)
+    params = tutorial_rnn.to_jax_lm(rnn)
+    state = train.TrainState(jnp.zeros((), jnp.int32), params, opt.init(params), key,
+                             model.init_carry(lm_config, 1))
+    step = train.make_train_step(lm_config, opt, regime="window", window_k=4, reduction="sum")
+    batch = batching.Batch(x[None], y[None], np.ones((1, len(x))), np.ones(1, bool))
+    state, _ = step(state, batch)
+    got = tutorial_rnn.from_jax_lm(state.params)
+    for name in expected:
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-10, atol=1e-13)
+
+
+def test_stream_evaluation_scores_every_validation_token_once(corpus_file, tmp_path):
+    config = _config(corpus_file, tmp_path)
+    corpus = train.load_run_corpus(config)
+    lm_config = config_lib.build_lm_config(config, corpus.vocab.size)
+    params = model.init_lm(jax.random.key(0), lm_config)
+    scores = train.evaluate(params, lm_config, train.eval_batches(config, corpus, "valid"))
+    assert scores["tokens"] == len(corpus.splits["valid"]) - 1
