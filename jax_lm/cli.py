@@ -214,6 +214,13 @@ def _add_sample(commands) -> None:
     p.add_argument("--resample-once", action="store_true",
                    help="003's rule: draw once more when the draw is not the argmax")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sentences", type=int, default=0, metavar="N",
+                   help="001's sentence mode: N sentences from the start token to the end "
+                   "token, never the unknown token (needs a corpus framed with data.bos/eos)")
+    p.add_argument("--min-length", type=int, default=0,
+                   help="sentence mode: reject sentences with fewer tokens (001 uses 7)")
+    p.add_argument("--max-length", type=int, default=50,
+                   help="sentence mode: reject sentences that have not ended by then")
     p.set_defaults(run=_sample)
 
 
@@ -228,6 +235,11 @@ def _sample(args: argparse.Namespace) -> int:
     s.greedy = s.greedy or args.greedy
     s.resample_once = s.resample_once or args.resample_once
     s.num_samples = args.num_samples
+    if args.sentences:
+        for text in train.sample_sentence_texts(run, args.sentences, min_length=args.min_length,
+                                                max_length=args.max_length, seed=args.seed):
+            print(text)
+        return 0
     for text in train.sample_texts(run, seed=args.seed):
         print(text)
         print()

@@ -76,7 +76,7 @@ def get_config() -> ml_collections.ConfigDict:
     t.learning_rate = 2e-3          # initial learning rate
     t.optimizer_options = ml_collections.ConfigDict()  # extra optax arguments, e.g. .eps=1e-8
     t.clip_norm = 5.0               # global gradient-norm clip (0: off)
-    t.epochs = 3                    # passes over the training data
+    t.epochs = 6                    # passes over the training data
     t.max_steps = 0                 # stop after this many steps in total (0: no limit)
     t.regime = "truncated"          # "full" (state reset every batch), "truncated" (carried), "window"
     t.window_k = 4                  # "window": the loss at t back-propagates through k + 1 steps (001)

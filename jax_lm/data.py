@@ -372,6 +372,13 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("JAX_LM_CACHE_DIR") or Path.home() / ".cache" / "jax_lm")
 
 
+def shared_data_dir() -> Path:
+    """The real corpora (ptb/, tinyshakespeare/, ...): ``$JAX_LM_DATA_DIR``, else the
+    ``shared/data`` folder beside this repository's checkout. Read in place, never copied."""
+    return Path(os.environ.get("JAX_LM_DATA_DIR")
+                or Path(__file__).resolve().parents[2] / "shared" / "data")
+
+
 def default_corpus_text() -> str:
     """CPython's pydoc reference topics, joined in key order: a corpus on every install."""
     from pydoc_data.topics import topics

@@ -236,13 +236,14 @@ def generate_python_loop(params: Params, prime: Array, num_tokens: int, key: Arr
 
 
 def sample_sentences(params: Params, key: Array, *, config: model.LMConfig, start_id: int,
-                     end_id: int, unk_id: int, num_sentences: int, min_length: int = 0,
+                     end_id: int, unk_id: int | None, num_sentences: int, min_length: int = 0,
                      max_length: int = 50, rule: SamplingRule = SamplingRule(),
                      batch_size: int | None = None, max_rounds: int = 100) -> list[list[int]]:
     """001's sentence generation, vectorised: whole sentences between start and end tokens.
 
     Each candidate starts from `start_id` and samples until it draws `end_id`; `unk_id` is
-    banned (001 re-draws while the draw is unknown, i.e. samples without it). A candidate is
+    banned (001 re-draws while the draw is unknown, i.e. samples without it), and so is
+    `start_id` when it differs from `end_id`. A candidate is
     kept when it ends within `max_length` tokens (end token not counted) and has at least
     `min_length` tokens (001 uses 7); otherwise it is rejected and generated again. Each round
     generates `batch_size` candidates with one `generate` call (max_length + 1 steps, one
@@ -257,8 +258,10 @@ def sample_sentences(params: Params, key: Array, *, config: model.LMConfig, star
     """
     if not 0 <= min_length <= max_length:
         raise ValueError(f"need 0 ≤ min_length ≤ max_length, got {min_length}, {max_length}")
-    if unk_id == end_id:
+    if unk_id is not None and unk_id == end_id:
         raise ValueError("unk_id and end_id must differ: the unknown token is banned")
+    # Neither the unknown token nor a second start token can occur inside a sentence.
+    banned = tuple(sorted({t for t in (unk_id, start_id) if t is not None and t != end_id}))
     batch = num_sentences if batch_size is None else batch_size
     prime = jnp.full((batch, 1), start_id, jnp.int32)
     sentences: list[list[int]] = []
@@ -266,7 +269,7 @@ def sample_sentences(params: Params, key: Array, *, config: model.LMConfig, star
         if len(sentences) >= num_sentences:
             break
         tokens, lengths = generate(params, prime, max_length + 1, jax.random.fold_in(key, round_),
-                                   config=config, rule=rule, banned=(unk_id,), end_id=end_id)
+                                   config=config, rule=rule, banned=banned, end_id=end_id)
         for row, length in zip(np.asarray(tokens), np.asarray(lengths)):
             ended = row[length - 1] == end_id
             if ended and length - 1 >= min_length and len(sentences) < num_sentences:

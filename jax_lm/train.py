@@ -518,6 +518,29 @@ def sample_texts(run: Run, seed: int = 0) -> list[str]:
             for row in rows]
 
 
+def sample_sentence_texts(run: Run, num_sentences: int, *, min_length: int = 0,
+                          max_length: int = 50, seed: int = 0) -> list[str]:
+    """001's sentence mode: whole sentences between the start and end tokens, no unknown token."""
+    from jax_lm import sample as sample_lib
+
+    tok, index = run.tokenizer, run.vocab.index
+    start, end = tok.bos or tok.eos, tok.eos or tok.bos
+    if start is None or start not in index or end not in index:
+        raise TrainingError("sentence mode needs a corpus whose lines are framed: train with "
+                            "--config.data.bos=... and/or --config.data.eos=...")
+    s = run.config.sample
+    rule = sample_lib.SamplingRule(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                                   greedy=s.greedy, resample_once=s.resample_once)
+    try:
+        sentences = sample_lib.sample_sentences(
+            run.params, jax.random.key(seed), config=run.lm_config, start_id=index[start],
+            end_id=index[end], unk_id=run.vocab.unk_id, num_sentences=num_sentences,
+            min_length=min_length, max_length=max_length, rule=rule)
+    except RuntimeError as e:
+        raise TrainingError(str(e)) from None
+    return [tok.detokenize(run.vocab.decode(ids)) for ids in sentences]
+
+
 def generate_token_samples(run: Run, num_samples: int, num_tokens: int,
                            seed: int = 0) -> list[np.ndarray]:
     """Generated ids only (no prompt), for the quality measures of `jax_lm.metrics`."""

@@ -11,9 +11,7 @@ from jax_lm import data
 from jax_lm.cli import main
 from jax_lm.data import DataError, Tokenizer, Vocab, build_vocab, check_vocab_matches, load_corpus
 
-SHARED_DATA = Path(
-    os.environ.get("JAX_LM_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data"
-)
+SHARED_DATA = data.shared_data_dir()
 
 
 def write(path: Path, text: str) -> Path:

@@ -18,9 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-DATA = Path(
-    os.environ.get("JAX_LM_DATA_DIR") or Path(__file__).resolve().parents[3] / "shared" / "data"
-)
+from jax_lm.data import shared_data_dir
+
+DATA = shared_data_dir()
 
 
 def timed_load(source: str, level: str, cache_dir: str) -> tuple[float, object]:
