@@ -434,7 +434,8 @@ def _end_epoch(config, corpus, lm_config, state, host, lr_rule, eval_step, log, 
     log(**record)
     msg = f"epoch {epoch}: train ppl {record['train_ppl']:.2f}"
     if "valid_ppl" in record:
-        msg += f", valid ppl {record['valid_ppl']:.2f} ({record['valid_bits']:.3f} bits/token)"
+        unit = "char" if config.data.level == "char" else "token"
+        msg += f", valid ppl {record['valid_ppl']:.2f} ({record['valid_bits']:.3f} bits/{unit})"
     print_fn(msg + f", next lr {lr:.4g}")
     return state, host
 
