@@ -246,12 +246,34 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_sweep(commands) -> None:
+    p = commands.add_parser(
+        "sweep", help="run a grid of configs and tabulate the results",
+        description="Run every point of a sweep file's get_sweep() grid (skipping finished "
+        "runs), then write results.md (mean ± std over seeds) and results.png.")
+    p.add_argument("sweep", metavar="NAME_OR_PATH",
+                   help="experiments/configs/<NAME>.py or a path; it defines get_config() "
+                   "and get_sweep()")
+    p.add_argument("--workdir", default=None, help="sweep folder (default: runs/<name>)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(run=_sweep)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from jax_lm import sweep
+
+    workdir = args.workdir or f"runs/{Path(args.sweep).stem}"
+    sweep.run_sweep(args.sweep, workdir, progress=not args.no_progress)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jax-lm", description="Recurrent language models in JAX.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(commands)
     _add_eval(commands)
     _add_sample(commands)
+    _add_sweep(commands)
     _add_stats(commands)
     return parser
 

@@ -315,7 +315,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, run_dir: str | os.Path
     state = init_train_state(jax.random.key(config.seed), lm_config, optimizer,
                              config.data.batch_size)
     host = {"epoch": 0, "lr": t.learning_rate, "lr_reference": None, "best_valid": None,
-            "epoch_nll": 0.0, "epoch_tokens": 0.0, "vocab": corpus.vocab.fingerprint()}
+            "epoch_nll": 0.0, "epoch_tokens": 0.0, "train_seconds": 0.0,
+            "vocab": corpus.vocab.fingerprint()}
     if resume:
         state, host = checkpoint.load_checkpoint(latest, state)
         if host.get("vocab") != corpus.vocab.fingerprint():
@@ -369,7 +370,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, run_dir: str | os.Path
         raise
     finally:
         bar.close()
-    return _finish(config, corpus, lm_config, state, eval_step, log, run_dir, print_fn)
+    return _finish(config, corpus, lm_config, state, host, eval_step, log, run_dir, print_fn)
 
 
 def _sync_metrics(window: StepMetrics, steps: int, elapsed: float, state: TrainState,
@@ -385,7 +386,8 @@ def _sync_metrics(window: StepMetrics, steps: int, elapsed: float, state: TrainS
                                     "no checkpoint was written yet")
             + ". Lower train.learning_rate, or set train.on_nonfinite='skip'.")
     host = {**host, "epoch_nll": host["epoch_nll"] + nll,
-            "epoch_tokens": host["epoch_tokens"] + tokens}
+            "epoch_tokens": host["epoch_tokens"] + tokens,
+            "train_seconds": host.get("train_seconds", 0.0) + elapsed}
     loss = nll / max(tokens, 1.0)
     lr = float(f"{optim.learning_rate(state.opt_state):.7g}")
     record = dict(step=int(state.step), epoch=host["epoch"] + 1, train_loss=loss,
@@ -440,9 +442,10 @@ def _end_epoch(config, corpus, lm_config, state, host, lr_rule, eval_step, log, 
     return state, host
 
 
-def _finish(config, corpus, lm_config, state, eval_step, log, run_dir, print_fn):
+def _finish(config, corpus, lm_config, state, host, eval_step, log, run_dir, print_fn):
     """Test with the best params, the curves plot, and samples; returns the final metrics."""
-    result: dict[str, Any] = {"step": int(state.step)}
+    result: dict[str, Any] = {"step": int(state.step), "num_params": model.num_params(state.params),
+                              "train_seconds": round(host.get("train_seconds", 0.0), 1)}
     best = checkpoint.best_path(run_dir)
     params = state.params
     if best.exists():
