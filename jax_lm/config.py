@@ -65,6 +65,7 @@ def get_config() -> ml_collections.ConfigDict:
     m.init = "uniform"              # "uniform" (±init_scale), "fan_in" (±1/√n) or "default" (flax's)
     m.init_scale = 0.1              # bound of the uniform init
     m.unroll = 1                    # jax.lax.scan unroll factor
+    m.param_dtype = "float32"       # parameter dtype ("float64" for exact comparisons)
     m.gate_fn = "sigmoid"           # lstm/cifg: gate nonlinearity ("sigmoid"; 000 uses "tanh")
     m.activation = "tanh"           # rnn: "tanh" or "relu"; lstm/cifg: cell input/output nonlinearity
     m.peepholes = False             # lstm/cifg: diagonal peephole connections
@@ -92,6 +93,8 @@ def get_config() -> ml_collections.ConfigDict:
     t.keep_checkpoints = 2          # step checkpoints kept (plus the best one)
     t.on_nonfinite = "stop"         # NaN/inf loss: "stop" (keep last good checkpoint) or "skip" step
     t.eval_test = True              # evaluate the test split (if any) with the best params at the end
+    t.eval_at_start = False         # score the initial params as epoch 0 (001 does; plateau
+                                    # rules then compare epoch 1 with it)
 
     c.sample = s = ml_collections.ConfigDict()
     s.num_samples = 1               # samples printed and saved at the end of training
@@ -238,4 +241,4 @@ def build_lm_config(config: ml_collections.ConfigDict, vocab_size: int) -> LMCon
         vocab_size=vocab_size, cell=build_cell(m), num_layers=m.num_layers,
         hidden_size=m.hidden_size, embed_size=m.embed_size or None, one_hot=m.one_hot,
         dropout=m.dropout, tie_weights=m.tie_weights, output_bias=m.output_bias, init=m.init,
-        init_scale=m.init_scale, unroll=m.unroll)
+        init_scale=m.init_scale, param_dtype=m.param_dtype, unroll=m.unroll)

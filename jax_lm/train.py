@@ -231,18 +231,17 @@ def eval_batches(config: ml_collections.ConfigDict, corpus, split: str):
 # ------------------------------------------------------------------------- the fit loop
 
 
-def make_lr_rule(config: ml_collections.ConfigDict):
-    t = config.train
+def make_lr_rule(config: ml_collections.ConfigDict) -> lr_rules.DecayWhenWorse | None:
+    """The plateau rule named by `train.lr_rule` (None for "constant" and "zaremba")."""
     rules = {"halve_when_loss_rises": lr_rules.HALVE_WHEN_LOSS_RISES,
-             "halve_when_likelihood_drops": lr_rules.DecayWhenWorse(0.5, "min", "previous"),
+             "halve_when_likelihood_drops": lr_rules.HALVE_WHEN_LIKELIHOOD_DROPS,
              "quarter_when_not_best": lr_rules.QUARTER_WHEN_NOT_BEST}
-    if t.lr_rule in ("constant", "zaremba"):
+    name = config.train.lr_rule
+    if name in ("constant", "zaremba"):
         return None
-    if t.lr_rule not in rules:
-        raise config_lib.ConfigError(f"unknown train.lr_rule {t.lr_rule!r}; choose one of {LR_RULES}")
-    # The likelihood rule watches −NLL; here it is applied to the NLL with "min" and the
-    # same strict comparison with the previous epoch, which is the same decision.
-    return rules[t.lr_rule]
+    if name not in rules:
+        raise config_lib.ConfigError(f"unknown train.lr_rule {name!r}; choose one of {LR_RULES}")
+    return rules[name]
 
 
 def build_optimizer(config: ml_collections.ConfigDict):
@@ -337,6 +336,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, run_dir: str | os.Path
         checkpoint.save_step(run_dir, step, state, host, keep=t.keep_checkpoints)
 
     start = int(state.step)
+    if start == 0 and t.eval_at_start:
+        host = _evaluate_at_start(config, corpus, lm_config, state, host, lr_rule, eval_step, log,
+                                  print_fn)
     bar = _progress(total_steps, start, progress)
     batches = train_batches(config, corpus, start)
     window = StepMetrics.zeros()
@@ -400,6 +402,36 @@ def _sync_metrics(window: StepMetrics, steps: int, elapsed: float, state: TrainS
     return host
 
 
+def _watched_metric(config, corpus, lm_config, params, eval_step, record: dict) -> float:
+    """The number a plateau rule compares, as a loss (lower is better)."""
+    metric = config.train.lr_rule_metric
+    if metric == "train_eval":
+        return evaluate(params, lm_config, eval_batches(config, corpus, "train"), eval_step)["nll"]
+    watched = {"valid": record.get("valid_nll"), "train": record.get("train_nll")}.get(metric)
+    if watched is None:
+        raise config_lib.ConfigError(f"train.lr_rule_metric={metric!r} is unknown or needs a "
+                                     "valid split")
+    return watched
+
+
+def _evaluate_at_start(config, corpus, lm_config, state, host, lr_rule, eval_step, log,
+                       print_fn) -> dict:
+    """Epoch-0 scores of the initial parameters (001 evaluates before it trains)."""
+    record = {"epoch": 0, "step": 0}
+    if "valid" in corpus.splits:
+        valid = evaluate(state.params, lm_config, eval_batches(config, corpus, "valid"), eval_step)
+        record.update(valid_nll=valid["nll"], valid_ppl=valid["ppl"], valid_bits=valid["bits"])
+    host = dict(host)
+    if lr_rule is not None and config.train.lr_rule_metric != "train":
+        watched = _watched_metric(config, corpus, lm_config, state.params, eval_step, record)
+        record["lr_rule_metric"] = watched
+        host["lr_reference"] = -watched if lr_rule.mode == "max" else watched
+    log(**record)
+    print_fn("epoch 0: " + ", ".join(f"{k} {v:.4f}" for k, v in record.items()
+                                     if k not in ("epoch", "step")))
+    return host
+
+
 def _end_epoch(config, corpus, lm_config, state, host, lr_rule, eval_step, log, run_dir,
                print_fn):
     """Validation, the learning-rate rule, the best checkpoint; returns (state, host)."""
@@ -420,13 +452,9 @@ def _end_epoch(config, corpus, lm_config, state, host, lr_rule, eval_step, log, 
         lr = lr_rules.zaremba_decay(t.learning_rate, epoch + 1, start=t.lr_decay_start,
                                     decay=t.lr_decay)
     elif lr_rule is not None:
-        watched = {"valid": record.get("valid_nll"), "train": train_nll}.get(t.lr_rule_metric)
-        if t.lr_rule_metric == "train_eval":
-            watched = evaluate(state.params, lm_config, eval_batches(config, corpus, "train"),
-                               eval_step)["nll"]
-        if watched is None:
-            raise config_lib.ConfigError(f"train.lr_rule_metric={t.lr_rule_metric!r} needs a "
-                                         "valid split, or is unknown")
+        watched = _watched_metric(config, corpus, lm_config, state.params, eval_step, record)
+        if lr_rule.mode == "max":  # a likelihood rule (000) watches the log-likelihood
+            watched = -watched
         plateau = lr_rule.update(lr_rules.PlateauState(lr, host["lr_reference"]), watched)
         lr, host["lr_reference"] = plateau.learning_rate, plateau.reference
         record["lr_rule_metric"] = watched

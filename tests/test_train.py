@@ -142,3 +142,36 @@ def test_stream_evaluation_scores_every_validation_token_once(corpus_file, tmp_p
     params = model.init_lm(jax.random.key(0), lm_config)
     scores = train.evaluate(params, lm_config, train.eval_batches(config, corpus, "valid"))
     assert scores["tokens"] == len(corpus.splits["valid"]) - 1
+
+
+def test_fit_loop_with_001s_config_reproduces_the_documents_training(tmp_path):
+    """`jax-lm train --config tutorial_rnn` on tiny data == 001's train_with_sgd, float64."""
+    path = tmp_path / "talk.txt"
+    sentences = ["the cat sat .", "a dog ran !", "the dog sat on a cat .", "cats run ?"]
+    path.write_text("\n".join(sentences * 6) + "\n")
+    config = config_lib.load_config("tutorial_rnn")
+    config_lib.apply_overrides(config, {
+        "data.source": str(path), "data.cache_dir": str(tmp_path / "cache"),
+        "data.max_train_lines": "6", "data.max_vocab": "12", "model.hidden_size": "6",
+        "model.param_dtype": "float64", "train.epochs": "4", "train.learning_rate": "1.0"})
+    _run(config, tmp_path / "run")
+
+    corpus = train.load_run_corpus(config)
+    lm_config = config_lib.build_lm_config(config, corpus.vocab.size)
+    opt = train.build_optimizer(config)
+    initial = train.init_train_state(jax.random.key(config.seed), lm_config, opt, 1).params
+    lines = corpus.sentences("train")[:6]
+    xs, ys = [s[:-1] for s in lines], [s[1:] for s in lines]
+    params, losses, rates = tutorial_rnn.train_with_sgd(
+        tutorial_rnn.from_jax_lm(initial), xs, ys, 1.0, nepoch=4, bptt_truncate=4)
+
+    records = _records(tmp_path / "run")
+    watched = [r["lr_rule_metric"] for r in records if "lr_rule_metric" in r]
+    # float64 on both sides; lr 1.0 (large, so that the rule fires) amplifies round-off.
+    np.testing.assert_allclose(watched[:4], losses, rtol=1e-7)  # 001 evaluates before epochs
+    used = [r["lr"] for r in records if "train_loss" in r]
+    assert sorted(set(used), reverse=True) == sorted(set(rates), reverse=True)
+    assert len(set(rates)) > 1  # the halving rule fired
+    final = tutorial_rnn.from_jax_lm(train.load_run(tmp_path / "run", "latest").params)
+    for name in params:
+        np.testing.assert_allclose(final[name], params[name], rtol=1e-7, atol=1e-9)

@@ -43,7 +43,8 @@ def get_config():
     c.train.window_k = 4
     c.train.loss_reduction = "sum"
     c.train.lr_rule = "halve_when_loss_rises"
-    c.train.lr_rule_metric = "train_eval"
+    c.train.lr_rule_metric = "train_eval"  # the loss on the training sentences, as 001
+    c.train.eval_at_start = True   # 001 prints the loss at init (≈ ln 8000) before training
     c.train.log_every = 100
     c.sample.num_tokens = 30
     return c
