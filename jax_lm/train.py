@@ -351,18 +351,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, run_dir: str | os.Path
             step += 1
             window_steps += 1
             end_of_epoch = step % per_epoch == 0
-            if window_steps == t.log_every or end_of_epoch or step == total_steps:
+            save_now = (end_of_epoch or step == total_steps
+                        or (t.checkpoint_every and step % t.checkpoint_every == 0))
+            if window_steps == t.log_every or save_now:  # a checkpoint holds synced metrics
                 host = _sync_metrics(window, window_steps, time.perf_counter() - window_start,
                                      state, host, log, bar, run_dir, t.on_nonfinite)
                 window, window_start, window_steps = StepMetrics.zeros(), time.perf_counter(), 0
             if end_of_epoch:
                 state, host = _end_epoch(config, corpus, lm_config, state, host, lr_rule,
                                          eval_step, log, run_dir, print_fn)
-                save(step)
-            elif step == total_steps or (t.checkpoint_every and step % t.checkpoint_every == 0):
+            if save_now:
                 save(step)
     except KeyboardInterrupt:
         try:  # keep what was trained; the state may be unusable if a step was cut short
+            if window_steps:
+                host = _sync_metrics(window, window_steps, time.perf_counter() - window_start,
+                                     state, host, log, bar, run_dir, t.on_nonfinite)
             step = int(state.step)
             save(step)
             print_fn(f"\ninterrupted: saved step {step}; resume with "

@@ -77,6 +77,44 @@ def test_resumed_run_ends_with_bitwise_identical_parameters(corpus_file, tmp_pat
                                   optim.learning_rate(b.opt_state))
 
 
+def test_interrupted_run_saves_and_resumes_exactly_with_the_epoch_metrics(
+        corpus_file, tmp_path, monkeypatch):
+    """Ctrl-C mid-epoch saves the step; 000's rule (watching the epoch's running loss) and
+    the parameters come out as in an uninterrupted run."""
+    settings = {"train.lr_rule": "halve_when_likelihood_drops", "train.lr_rule_metric": "train",
+                "train.learning_rate": 0.05, "train.epochs": 3, "train.checkpoint_every": 4}
+    config = _config(corpus_file, tmp_path, **settings)
+    _run(config, tmp_path / "full")
+
+    real_batches = train.train_batches
+
+    def interrupted(config, corpus, start):
+        for i, batch in enumerate(real_batches(config, corpus, start)):
+            if i == 37:
+                raise KeyboardInterrupt
+            yield batch
+
+    monkeypatch.setattr(train, "train_batches", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _run(config, tmp_path / "cut")
+    monkeypatch.undo()
+    assert checkpoint.saved_steps(tmp_path / "cut")[-1] == 37
+    _run(config, tmp_path / "cut", resume=True)
+
+    def epochs(run_dir):
+        return [(r["train_nll"], r["next_lr"]) for r in _records(run_dir) if "train_nll" in r]
+
+    # The epoch's loss is summed from float32 window sums, grouped differently around the
+    # interruption: equal to rounding. The rate decisions and parameters are exact.
+    cut, full = epochs(tmp_path / "cut"), epochs(tmp_path / "full")
+    assert [lr for _, lr in cut] == [lr for _, lr in full]
+    np.testing.assert_allclose([nll for nll, _ in cut], [nll for nll, _ in full], rtol=1e-6)
+    a = train.load_run(tmp_path / "full", "latest").params
+    b = train.load_run(tmp_path / "cut", "latest").params
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(x, y)
+
+
 def _template(run):
     return train.init_train_state(jax.random.key(0), run.lm_config,
                                   train.build_optimizer(run.config), run.config.data.batch_size)
