@@ -62,7 +62,7 @@ import numpy as np
 # this module (for Vocab or Tokenizer, say at sampling time) stays cheap.
 
 # Bump when tokenization or line handling changes, so that stale cache files are not reused.
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
 
 LEVELS = ("char", "word")
 WORD_SPLITS = ("whitespace", "regex")
@@ -79,7 +79,8 @@ class DataError(ValueError):
 # (which seed 001 uses) but with no data download. "Don't stop!" -> do n't stop !
 _WORD_PATTERN = re.compile(
     r"""
-      \w+(?=n['’]t\b)               # "do" of "don't": the clitic n't is split off ...
+      <\w+>                         # markup tokens such as PTB's <unk> stay whole
+    | \w+(?=n['’]t\b)               # "do" of "don't": the clitic n't is split off ...
     | n['’]t\b                      # ... and kept as a token of its own
     | ['’](?:s|re|ve|ll|m|d)\b      # the other clitics: 's 're 've 'll 'm 'd
     | \d+(?:[.,]\d+)+               # numbers with separators: 3.14, 1,000

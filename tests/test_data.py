@@ -45,6 +45,11 @@ def test_blank_tail_without_newline_is_not_a_line():
     assert Tokenizer.for_level("word").tokenize("a b\n ") == ["a", "b", "<eos>"]
 
 
+def test_regex_tokenizer_keeps_markup_tokens_such_as_unk_whole():
+    tok = Tokenizer(level="word", split="regex")
+    assert tok.tokenize_line("a <unk> costs $3 < 4 ") == ["a", "<unk>", "costs", "$", "3", "<", "4"]
+
+
 def test_regex_tokenizer_splits_punctuation_and_clitics_like_nltk():
     tok = Tokenizer(
         level="word", split="regex", lowercase=True, bos="sentence_start", eos="sentence_end"
