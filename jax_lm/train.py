@@ -185,19 +185,27 @@ def load_run_corpus(config: ml_collections.ConfigDict, vocab: data.Vocab | None 
 
 
 def _train_sentences(config, corpus) -> list[np.ndarray]:
+    """The training lines in use: all, or the first `data.max_train_lines`."""
     sentences = corpus.sentences("train")
     return sentences[: config.data.max_train_lines] if config.data.max_train_lines else sentences
+
+
+def _train_ids(config, corpus) -> np.ndarray:
+    """The training stream in use: the ids of `_train_sentences`, concatenated."""
+    ids, n = corpus.splits["train"], config.data.max_train_lines
+    return ids[: corpus.line_offsets["train"][min(n, len(corpus.line_offsets["train"]) - 1)]] \
+        if n else ids
 
 
 def steps_per_epoch(config: ml_collections.ConfigDict, corpus) -> int:
     d = config.data
     if d.batcher == "stream":
-        return batching.stream_layout(len(corpus.splits["train"]), d.batch_size,
+        return batching.stream_layout(len(_train_ids(config, corpus)), d.batch_size,
                                       d.seq_len).num_windows
     if d.batcher == "sentences":
         return -(-len(_train_sentences(config, corpus)) // d.batch_size)
     if d.batcher == "random_windows":
-        return max(1, len(corpus.splits["train"]) // (d.batch_size * d.seq_len))
+        return max(1, len(_train_ids(config, corpus)) // (d.batch_size * d.seq_len))
     raise config_lib.ConfigError(f"unknown data.batcher {d.batcher!r}; choose 'stream', "
                                  "'sentences' or 'random_windows'")
 
@@ -205,15 +213,15 @@ def steps_per_epoch(config: ml_collections.ConfigDict, corpus) -> int:
 def train_batches(config: ml_collections.ConfigDict, corpus, start_step: int):
     """Training batches from `start_step` on, forever (epochs follow each other)."""
     d = config.data
-    ids = corpus.splits["train"]
     if d.batcher == "stream":
-        return batching.stream_batches(ids, d.batch_size, d.seq_len, start_step=start_step)
+        return batching.stream_batches(_train_ids(config, corpus), d.batch_size, d.seq_len,
+                                       start_step=start_step)
     if d.batcher == "sentences":
         return batching.sentence_batches(_train_sentences(config, corpus), d.batch_size,
                                          seed=config.seed, shuffle=d.shuffle, bucket=d.bucket,
                                          start_step=start_step)
-    return batching.random_window_batches(ids, d.batch_size, d.seq_len, seed=config.seed,
-                                          start_step=start_step)
+    return batching.random_window_batches(_train_ids(config, corpus), d.batch_size, d.seq_len,
+                                          seed=config.seed, start_step=start_step)
 
 
 def eval_batches(config: ml_collections.ConfigDict, corpus, split: str):
@@ -225,7 +233,8 @@ def eval_batches(config: ml_collections.ConfigDict, corpus, split: str):
                      else corpus.sentences(split))
         return batching.sentence_batches(sentences, batch_size, shuffle=False, bucket=False,
                                          num_epochs=1)
-    return batching.stream_batches(corpus.splits[split], batch_size, d.seq_len, num_epochs=1)
+    ids = _train_ids(config, corpus) if split == "train" else corpus.splits[split]
+    return batching.stream_batches(ids, batch_size, d.seq_len, num_epochs=1)
 
 
 # ------------------------------------------------------------------------- the fit loop

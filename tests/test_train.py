@@ -213,3 +213,17 @@ def test_fit_loop_with_001s_config_reproduces_the_documents_training(tmp_path):
     final = tutorial_rnn.from_jax_lm(train.load_run(tmp_path / "run", "latest").params)
     for name in params:
         np.testing.assert_allclose(final[name], params[name], rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("batcher", ["stream", "sentences", "random_windows"])
+def test_max_train_lines_limits_the_training_data_of_every_batcher(corpus_file, tmp_path, batcher):
+    config = _config(corpus_file, tmp_path, **{"data.batcher": batcher})
+    corpus = train.load_run_corpus(config)
+    full = train.steps_per_epoch(config, corpus)
+    config_lib.apply_overrides(config, {"data.max_train_lines": "4"})
+    assert train.steps_per_epoch(config, corpus) < full
+    lines = corpus.sentences("train")[:4]
+    scored = sum(float(b.mask.sum()) for b in train.eval_batches(config, corpus, "train"))
+    # Sentences score every line but its first token; a stream every token but the first.
+    expected = sum(len(s) - 1 for s in lines) if batcher == "sentences" else sum(map(len, lines)) - 1
+    assert scored == expected
