@@ -44,6 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
     d.min_count = 1                 # drop training types seen fewer times
     d.train_fraction = 0.9          # single-file sources: leading fraction of characters for train
     d.max_train_lines = 0           # train on the first N training lines only (0: all)
+    d.vocab_from_train_lines = False  # with max_train_lines: vocabulary from those lines (000)
     d.batcher = "stream"            # "stream" (state carried), "sentences" (padded), "random_windows"
     d.batch_size = 32               # B
     d.seq_len = 64                  # T: window length (stream, random windows)

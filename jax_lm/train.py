@@ -13,6 +13,8 @@ of k alone (`jax.random.fold_in(rng, k)`), and checkpoints hold the whole state.
 
 from __future__ import annotations
 
+import collections
+import functools
 import json
 import math
 import os
@@ -178,10 +180,21 @@ def load_run_corpus(config: ml_collections.ConfigDict, vocab: data.Vocab | None 
     d = config.data
     tokenizer = data.Tokenizer(level=d.level, split=d.word_split, lowercase=d.lowercase,
                                bos=d.bos or None, eos=d.eos or None)
-    return data.load_corpus(d.source, tokenizer, vocab=vocab, max_vocab=d.max_vocab or None,
-                            min_count=d.min_count, unk=d.unk or None,
-                            cache_dir=d.cache_dir or None, errors=d.errors,
-                            train_fraction=d.train_fraction)
+    load = functools.partial(data.load_corpus, d.source, tokenizer, max_vocab=d.max_vocab or None,
+                             min_count=d.min_count, unk=d.unk or None,
+                             cache_dir=d.cache_dir or None, errors=d.errors,
+                             train_fraction=d.train_fraction)
+    corpus = load(vocab=vocab)
+    if vocab is None and d.vocab_from_train_lines and d.max_train_lines:
+        # 000 builds its vocabulary from the sentences it trains on: count those lines only,
+        # then encode every split again with that vocabulary (tokenization is cached).
+        ids = _train_ids(config, corpus)
+        counts = collections.Counter(corpus.vocab.decode(ids))
+        others = set(corpus.vocab.tokens) - set(counts)
+        corpus = load(vocab=data.build_vocab(
+            counts, reserved=(tokenizer.bos, tokenizer.eos), unk=d.unk or None,
+            max_size=d.max_vocab or None, min_count=d.min_count, other_types=others))
+    return corpus
 
 
 def _train_sentences(config, corpus) -> list[np.ndarray]:

@@ -227,3 +227,13 @@ def test_max_train_lines_limits_the_training_data_of_every_batcher(corpus_file, 
     # Sentences score every line but its first token; a stream every token but the first.
     expected = sum(len(s) - 1 for s in lines) if batcher == "sentences" else sum(map(len, lines)) - 1
     assert scored == expected
+
+
+def test_vocabulary_can_come_from_the_training_lines_in_use(tmp_path):
+    path = tmp_path / "lines.txt"
+    path.write_text("a cat sat\nthe dog ran\n" * 20)
+    config = _config(path, tmp_path, **{
+        "data.level": "word", "data.max_train_lines": 1, "data.vocab_from_train_lines": True})
+    corpus = train.load_run_corpus(config)
+    assert set(corpus.vocab.tokens) == {"a", "cat", "sat", "<unk>"}  # "dog" etc. are unknown
+    assert corpus.vocab.unk_id in corpus.splits["train"]

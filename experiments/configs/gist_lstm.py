@@ -23,6 +23,7 @@ def get_config():
     c.data.shuffle = False
     c.data.bucket = False
     c.data.max_train_lines = 300
+    c.data.vocab_from_train_lines = True  # the gist's vocabulary is that of its input
     c.model.cell = "lstm"
     c.model.gate_fn = "tanh"
     c.model.peepholes = True
