@@ -50,6 +50,8 @@ def get_config() -> ml_collections.ConfigDict:
     d.seq_len = 64                  # T: window length (stream, random windows)
     d.bucket = True                 # sentences: batch sentences of similar length together
     d.shuffle = True                # sentences: a new seeded order every epoch
+    d.pad_multiple = 16             # sentences: pad lengths to a multiple (fewer jit shapes;
+                                    # padding is masked, so results do not change)
     d.eval_batch_size = 0           # evaluation batch size (0: same as batch_size)
     d.cache_dir = ""                # datasets cache ("" : $JAX_LM_CACHE_DIR or ~/.cache/jax_lm)
     d.errors = "strict"             # bad UTF-8: "strict" (error) or "replace"

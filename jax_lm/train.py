@@ -232,7 +232,7 @@ def train_batches(config: ml_collections.ConfigDict, corpus, start_step: int):
     if d.batcher == "sentences":
         return batching.sentence_batches(_train_sentences(config, corpus), d.batch_size,
                                          seed=config.seed, shuffle=d.shuffle, bucket=d.bucket,
-                                         start_step=start_step)
+                                         start_step=start_step, length_multiple=d.pad_multiple)
     return batching.random_window_batches(_train_ids(config, corpus), d.batch_size, d.seq_len,
                                           seed=config.seed, start_step=start_step)
 
@@ -245,7 +245,7 @@ def eval_batches(config: ml_collections.ConfigDict, corpus, split: str):
         sentences = (_train_sentences(config, corpus) if split == "train"
                      else corpus.sentences(split))
         return batching.sentence_batches(sentences, batch_size, shuffle=False, bucket=False,
-                                         num_epochs=1)
+                                         num_epochs=1, length_multiple=d.pad_multiple)
     ids = _train_ids(config, corpus) if split == "train" else corpus.splits[split]
     return batching.stream_batches(ids, batch_size, d.seq_len, num_epochs=1)
 

@@ -237,3 +237,20 @@ def test_vocabulary_can_come_from_the_training_lines_in_use(tmp_path):
     corpus = train.load_run_corpus(config)
     assert set(corpus.vocab.tokens) == {"a", "cat", "sat", "<unk>"}  # "dog" etc. are unknown
     assert corpus.vocab.unk_id in corpus.splits["train"]
+
+
+def test_padding_sentences_to_a_multiple_does_not_change_training(tmp_path):
+    """Masked padding holds the state and drops the loss: same parameters, float64."""
+    path = tmp_path / "lines.txt"
+    path.write_text("a cat sat on the mat\nthe dog ran\nsat\na dog and a cat ran on\n" * 5)
+    finals = []
+    for multiple in (1, 8):
+        config = _config(path, tmp_path, **{
+            "data.level": "word", "data.batcher": "sentences", "data.batch_size": 1,
+            "data.pad_multiple": multiple, "data.bos": "<s>", "data.eos": "</s>",
+            "model.param_dtype": "float64", "train.optimizer": "sgd", "train.regime": "full",
+            "train.loss_reduction": "sum", "train.learning_rate": 0.1, "train.epochs": 1})
+        _run(config, tmp_path / f"run{multiple}")
+        finals.append(train.load_run(tmp_path / f"run{multiple}", "latest").params)
+    for x, y in zip(jax.tree.leaves(finals[0]), jax.tree.leaves(finals[1])):
+        np.testing.assert_allclose(x, y, rtol=1e-10, atol=1e-12)
