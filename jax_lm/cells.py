@@ -5,6 +5,7 @@ or passed as a static argument to `jax.jit`) whose methods are pure functions:
 
     init(key, input_size, hidden_size, inits) -> params      # dict of arrays
     initial_carry(batch_size, hidden_size, dtype) -> carry   # zeros: h, or LSTMState(h, c)
+    update(params, carry, xw_t, hw_t) -> (carry, h_t)        # the elementwise part of a step
     recur(params, carry, xw_t) -> (carry, h_t)               # one step, xw_t [B, G·H]
     step(params, carry, x_t) -> (carry, h_t)                 # scan's signature, x_t [B, I]
 
@@ -13,6 +14,11 @@ G gate blocks side by side, so the input projection `project(params, x) = x @ w_
 shared by all cells. `unroll` applies it to a whole sequence as one big matmul before
 `jax.lax.scan`; only `h @ w_h` stays inside the scan (see PERF-NOTES: the per-step
 matmuls have B rows and run at half the GEMM rate).
+
+A step is split in two: the recurrent matmul hw_t = h_{t-1} @ w_h [B, G·H], and
+`update`, which combines xw_t and hw_t elementwise (gates, nonlinearities, cell state) and
+reads no weight matrix. `recur` is the two together. The split lets `jax_lm.fast_scan`
+take the gradient of w_h as one matmul after the scan instead of one per step.
 
 Conventions: row vectors (`x @ W`), gate blocks in the order of the `GATES` of each cell,
 time-major sequences `[T, B, ·]` inside `unroll`.
@@ -117,10 +123,14 @@ def _dense_params(cell, key, input_size, hidden_size, inits, dtype) -> Params:
 
 
 class _Cell:
-    """Methods shared by every cell; subclasses define GATES, init, initial_carry, recur."""
+    """Methods shared by every cell; subclasses define GATES, init, initial_carry, update."""
 
     GATES: tuple[str, ...] = ()
     use_bias: bool = True
+
+    def recur(self, params: Params, carry, xw_t: Array):
+        """One step from the projected input xw_t [B, G·H]: `update` with hw_t = h_{t-1} W_h."""
+        return self.update(params, carry, xw_t, self.output(carry) @ params["w_h"])
 
     def step(self, params: Params, carry, x_t: Array):
         """One time step in scan's signature: x_t [B, I] -> (carry, h_t [B, H])."""
@@ -160,8 +170,9 @@ class RNN(_Cell):
                       dtype=jnp.float32) -> Array:
         return jnp.zeros((*_batch_shape(batch_size), hidden_size), dtype)
 
-    def recur(self, params: Params, h: Array, xw_t: Array):
-        h = _activation(self.activation)(xw_t + h @ params["w_h"])  # (B, H)
+    def update(self, params: Params, h: Array, xw_t: Array, hw_t: Array):
+        """h_t = act(xw_t + hw_t); xw_t, hw_t [B, H]."""
+        h = _activation(self.activation)(xw_t + hw_t)  # (B, H)
         return h, h
 
 
@@ -227,9 +238,10 @@ class LSTM(_Cell):
     def output(self, carry: LSTMState) -> Array:
         return carry.hidden
 
-    def recur(self, params: Params, carry: LSTMState, xw_t: Array):
-        h, c = carry  # (B, H) each
-        z = dict(zip(self.GATES, jnp.split(xw_t + h @ params["w_h"], len(self.GATES), axis=-1)))
+    def update(self, params: Params, carry: LSTMState, xw_t: Array, hw_t: Array):
+        """The gates from z = xw_t + hw_t [B, G·H] (class docstring); reads only peepholes."""
+        c = carry.cell  # (B, H)
+        z = dict(zip(self.GATES, jnp.split(xw_t + hw_t, len(self.GATES), axis=-1)))
         peep = params.get("peep", {})
         sigma, phi = _activation(self.gate_fn), _activation(self.activation)
 
@@ -284,9 +296,10 @@ class GRU(_Cell):
                       dtype=jnp.float32) -> Array:
         return jnp.zeros((*_batch_shape(batch_size), hidden_size), dtype)
 
-    def recur(self, params: Params, h: Array, xw_t: Array):
+    def update(self, params: Params, h: Array, xw_t: Array, hw_t: Array):
+        """The gates from xw_t and hw_t [B, 3H] (class docstring); reads only b_hn."""
         x_r, x_z, x_n = jnp.split(xw_t, 3, axis=-1)
-        h_r, h_z, h_n = jnp.split(h @ params["w_h"], 3, axis=-1)
+        h_r, h_z, h_n = jnp.split(hw_t, 3, axis=-1)
         if "b_hn" in params:
             h_n = h_n + params["b_hn"]
         r = jax.nn.sigmoid(x_r + h_r)

@@ -9,6 +9,14 @@ weights w_x [V, G·H] are looked up by token id, which equals one_hot(tokens) @ 
 Dropout (Zaremba et al. 2014; Chainer's `RNNForLM`) acts on the non-recurrent connections:
 the input of every layer and the input of the output projection.
 
+Speed and memory options of `LMConfig` never change what is computed (up to rounding;
+`tests/test_fast_scan.py`): `fast_backward` (default on) differentiates each layer with
+`jax_lm.fast_scan`, whose weight gradients are big matmuls after the scan; `remat_segment`
+recomputes the states in segments in the backward pass (long sequences); `logits_chunk`
+scores the targets a chunk of positions at a time (large vocabularies); `compute_dtype`
+runs the layers and the output projection in e.g. bfloat16 while params, carries and the
+loss stay in `param_dtype` (accelerators; it does change the numbers, by rounding).
+
 Parameters are a plain dict::
 
     {"embed": [V, D],                      # absent when one_hot
@@ -25,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jax_lm import cells
+from jax_lm import cells, fast_scan
 
 Array = jax.Array
 Params = dict[str, Any]
@@ -48,6 +56,16 @@ class LMConfig:
     init_scale: float = 0.1
     param_dtype: str = "float32"
     unroll: int = 1                # jax.lax.scan unroll factor
+    # Speed and memory; the first three change nothing that is computed (up to rounding):
+    fast_backward: bool = True     # jax_lm.fast_scan's backward pass: weight gradients as big
+                                   # matmuls after the scan; False: jax.grad of the plain scan
+    remat_segment: int = 0         # > 0: backward recomputes each layer's states segment by
+                                   # segment (memory O(T/S + S) steps instead of O(T))
+    logits_chunk: int = 0          # > 0: `token_nll` scores this many positions at a time and
+                                   # recomputes their logits in the backward pass (memory
+                                   # O(chunk·V) instead of O(B·T·V))
+    compute_dtype: str | None = None  # e.g. "bfloat16": layers and output projection compute
+                                      # in it; params, carries and the loss stay param_dtype
 
     def __post_init__(self):
         if self.num_layers < 1:
@@ -60,6 +78,10 @@ class LMConfig:
             raise ValueError(f"tie_weights needs embed_size == hidden_size, got "
                              f"{self.input_size} and {self.hidden_size}")
         cells.make_inits(self.init, self.init_scale)  # validates the scheme name
+        if self.remat_segment < 0 or self.logits_chunk < 0:
+            raise ValueError("remat_segment and logits_chunk must be ≥ 0 (0 = off)")
+        if self.compute_dtype is not None:
+            jnp.dtype(self.compute_dtype)  # validates the name
 
     @property
     def input_size(self) -> int:
@@ -103,24 +125,80 @@ def _dropout(key: Array | None, rate: float, x: Array) -> Array:
     return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
+def _cast(tree, dtype):
+    """Floating leaves of `tree` cast to `dtype` (None: unchanged)."""
+    if dtype is None:
+        return tree
+    return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating)
+                        else x, tree)
+
+
+def _in_segments(scan_fn, carry, xw: Array, mask: Array | None, size: int):
+    """`scan_fn(carry, xw, mask)` run over consecutive segments of `size` steps, each under
+    `jax.checkpoint`: the backward pass keeps the carries at segment boundaries and
+    recomputes one segment's states at a time (Chen et al. 2016, "sublinear memory").
+
+    T is padded to a multiple of `size` with masked steps, which hold the carry.
+    """
+    steps, batch = xw.shape[:2]
+    pad = -steps % size
+    if pad:
+        xw = jnp.pad(xw, [(0, pad)] + [(0, 0)] * (xw.ndim - 1))
+        mask = jnp.ones((steps, batch), bool) if mask is None else mask
+        mask = jnp.pad(mask, [(0, pad), (0, 0)])                 # padding holds the carry
+
+    def segments(x):  # (T, ...) -> (T / size, size, ...)
+        return None if x is None else x.reshape((-1, size) + x.shape[1:])
+
+    segment = jax.checkpoint(lambda c, inputs: scan_fn(c, *inputs))
+    carry, hs = jax.lax.scan(segment, carry, (segments(xw), segments(mask)))
+    return carry, hs.reshape((-1,) + hs.shape[2:])[:steps]
+
+
+def _scan_layer(config: LMConfig, params: Params, carry, xw: Array, mask: Array | None,
+                return_carries: bool):
+    """One layer's recurrence over xw [T, B, G·H], with the backward pass `config` asks for."""
+    cell = config.cell
+    if return_carries or not (config.fast_backward or config.remat_segment):
+        return cells.unroll_projected(cell, params, carry, xw, mask, unroll=config.unroll,
+                                      return_carries=return_carries)
+    unroll = fast_scan.unroll_projected if config.fast_backward else cells.unroll_projected
+
+    def scan_fn(c, xw, mask):
+        return unroll(cell, params, c, xw, mask, unroll=config.unroll)
+
+    if config.remat_segment:
+        return _in_segments(scan_fn, carry, xw, mask, config.remat_segment)
+    return scan_fn(carry, xw, mask)
+
+
 def _run_layers(params: Params, config: LMConfig, tokens: Array, carry: tuple,
                 mask: Array | None, dropout_key: Array | None, return_carries: bool):
-    """The stacked layers over time-major tokens [T, B]; returns (h or carries per layer, carry)."""
+    """The stacked layers over time-major tokens [T, B]; returns (h or carries per layer, carry).
+
+    With `config.compute_dtype` the params and carries are cast to it on the way in, and the
+    returned carries (not the features) back to `param_dtype` on the way out.
+    """
     keys = ([None] * (config.num_layers + 1) if dropout_key is None
             else list(jax.random.split(dropout_key, config.num_layers + 1)))
     cell = config.cell
+    params, carry = _cast((params, carry), config.compute_dtype)
+    project = fast_scan.project if config.fast_backward else cells.project
     new_carry, per_layer = [], []
     x = None if config.one_hot else jnp.take(params["embed"], tokens, axis=0)  # (T, B, D)
     for layer, (lp, c) in enumerate(zip(params["layers"], carry)):
         if x is None:  # one-hot first layer: gather rows of w_x
             xw = cells.project_ids(lp, tokens)
         else:
-            xw = cells.project(lp, _dropout(keys[layer], config.dropout, x))  # (T, B, G·H)
-        c, out = cells.unroll_projected(cell, lp, c, xw, mask, unroll=config.unroll,
-                                        return_carries=return_carries)
+            xw = project(lp, _dropout(keys[layer], config.dropout, x))  # (T, B, G·H)
+        c, out = _scan_layer(config, lp, c, xw, mask, return_carries)
         new_carry.append(c)
         per_layer.append(out)
         x = cell.output(out) if return_carries else out  # (T, B, H)
+    if config.compute_dtype is not None:
+        dtype = jnp.dtype(config.param_dtype)
+        new_carry = _cast(new_carry, dtype)
+        per_layer = _cast(per_layer, dtype) if return_carries else per_layer
     return per_layer, tuple(new_carry), _dropout(keys[-1], config.dropout, x)
 
 
@@ -143,10 +221,39 @@ def hidden_states(params: Params, tokens: Array, carry: tuple, *, config: LMConf
 
 
 def output_logits(params: Params, h: Array, *, config: LMConfig) -> Array:
-    """Output projection h [..., H] -> logits [..., V] (tied: h @ embedᵀ)."""
+    """Output projection h [..., H] -> logits [..., V] (tied: h @ embedᵀ), in param_dtype."""
+    params = _cast(params, config.compute_dtype)
     w = params["embed"].T if config.tie_weights else params["out"]["w"]
-    logits = h @ w
-    return logits + params["out"]["b"] if config.output_bias else logits
+    h = h if config.compute_dtype is None else h.astype(config.compute_dtype)
+    logits = fast_scan.dense(h, w) if config.fast_backward else h @ w
+    logits = logits + params["out"]["b"] if config.output_bias else logits
+    return logits.astype(config.param_dtype)
+
+
+def _softmax_nll(params: Params, h: Array, targets: Array, *, config: LMConfig) -> Array:
+    """−log softmax(h W + b)[target]: h [..., H], targets [...] -> nll [...].
+
+    With `config.logits_chunk` = C the positions are scored C at a time under
+    `jax.checkpoint`, so at most [C, V] logits exist at once, in the forward pass and again
+    in the backward pass (which recomputes them: one more output matmul).
+    """
+    chunk = config.logits_chunk
+    if not chunk:
+        logits = output_logits(params, h, config=config)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    shape = targets.shape
+    h, targets = h.reshape(-1, h.shape[-1]), targets.reshape(-1)   # (N, H), (N,)
+    pad = -targets.shape[0] % chunk
+    h, targets = jnp.pad(h, [(0, pad), (0, 0)]), jnp.pad(targets, [(0, pad)])
+
+    @jax.checkpoint
+    def chunk_nll(inputs):
+        h_c, t_c = inputs                                              # (C, H), (C,)
+        logits = output_logits(params, h_c, config=config)             # (C, V)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, t_c)
+
+    nll = jax.lax.map(chunk_nll, (h.reshape(-1, chunk, h.shape[-1]), targets.reshape(-1, chunk)))
+    return nll.reshape(-1)[: targets.shape[0] - pad].reshape(shape)
 
 
 def apply_lm(params: Params, tokens: Array, carry: tuple, *, config: LMConfig,
@@ -160,9 +267,9 @@ def apply_lm(params: Params, tokens: Array, carry: tuple, *, config: LMConfig,
 def token_nll(params: Params, tokens: Array, targets: Array, carry: tuple, *,
               config: LMConfig, mask: Array | None = None, dropout_key: Array | None = None):
     """Negative log-likelihood of each target: (nll [B, T] with 0 on padding, new carry)."""
-    logits, carry = apply_lm(params, tokens, carry, config=config, mask=mask,
+    h, carry = hidden_states(params, tokens, carry, config=config, mask=mask,
                              dropout_key=dropout_key)
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    nll = _softmax_nll(params, h, targets, config=config)
     return (nll if mask is None else jnp.where(mask.astype(bool), nll, 0.0)), carry
 
 

@@ -1,0 +1,77 @@
+"""The benchmark runs end to end at toy sizes (`--tiny`); no timing is asserted anywhere.
+
+The PyTorch peer is optional (experiments/bench/requirements.txt): without torch the tables
+show "—" in its column and the headline ratios are left out.
+"""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "experiments" / "bench" / "run.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_run", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it loads
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_run(bench, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "bench.md"
+    results = bench.main(["--tiny", "--only", "zaremba_small,small_cifg,sample,tutorial_step",
+                          "--out", str(out)])
+    return results, out.read_text()
+
+
+def test_tiny_run_measures_every_section_and_writes_the_results_file(tiny_run):
+    results, text = tiny_run
+    assert [r["bench"].name for r in results["train"]] == ["zaremba_small", "small_cifg"]
+    assert [r["bench"].name for r in results["eval"]] == ["zaremba_small"]
+    for section in ("## Training", "## Evaluation", "## Sampling", "## 001's SGD step"):
+        assert section in text
+    for line in ("- commit:", "- machine:", "- versions:", "- command:"):
+        assert line in text
+    rates = [v for r in results["train"] + results["eval"] for v in r["rates"].values()]
+    rates += list(results["sample"]["rates"].values()) + list(results["tutorial"]["rates"].values())
+    assert all(rate > 0 for rs in rates for rate in rs)
+
+
+def test_peers_run_where_they_have_the_cell(tiny_run, bench):
+    results, text = tiny_run
+    small, cifg = results["train"]
+    assert "flax" in small["rates"] and set(cifg["rates"]) == {"jax_lm"}  # no CIFG peer
+    if bench.torch is None:
+        assert "pytorch" not in small["rates"]
+    else:
+        assert "pytorch" in small["rates"]
+        assert "zaremba_small jax_lm/pytorch = " in text
+
+
+def test_torch_peer_can_be_left_out(bench, tmp_path):
+    try:
+        results = bench.main(["--tiny", "--only", "zaremba_small", "--no-torch", "--out", "-"])
+    finally:
+        bench.torch = _reimport_torch()
+    assert "pytorch" not in results["train"][0]["rates"]
+
+
+def _reimport_torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+@pytest.mark.parametrize("name, mflop", [("zaremba_small", 15.8), ("zaremba_medium", 79.6)])
+def test_flops_per_training_token_match_the_perf_notes(bench, name, mflop):
+    config = {b.name: b for b in bench.TRAIN}[name]
+    per_token = bench.flops(bench.matmuls(config)) / config.tokens
+    assert round(per_token / 1e6, 1) == mflop
