@@ -13,19 +13,9 @@ import numpy as np
 import pytest
 
 from jax_lm import bptt, cells, fast_scan, model
+from tests.test_cells import CELL_VARIANTS
 
 B, T, I, H, V = 3, 7, 5, 4, 11
-
-CELL_VARIANTS = {
-    "rnn": cells.RNN(),
-    "rnn_relu_nobias": cells.RNN(activation="relu", use_bias=False),
-    "lstm": cells.LSTM(),
-    "lstm_peep_tanh": cells.LSTM(gate_fn="tanh", peepholes=True),
-    "lstm_forget_bias": cells.LSTM(forget_bias=1.0),
-    "cifg_peep": cells.CIFG(peepholes=True),
-    "gru": cells.GRU(),
-}
-
 
 def _assert_trees_close(actual, expected, rtol=1e-12, atol=1e-12):
     assert jax.tree.structure(actual) == jax.tree.structure(expected)
