@@ -69,6 +69,13 @@ def get_config() -> ml_collections.ConfigDict:
     m.init_scale = 0.1              # bound of the uniform init
     m.unroll = 1                    # jax.lax.scan unroll factor
     m.param_dtype = "float32"       # parameter dtype ("float64" for exact comparisons)
+    m.compute_dtype = ""            # "" (= param_dtype) or e.g. "bfloat16" on GPU/TPU: layers and
+                                    # output projection compute in it; params and loss stay
+    m.fast_backward = True          # jax_lm.fast_scan's backward (same numbers, faster)
+    m.remat_segment = 0             # > 0: recompute states in segments of this many steps in
+                                    # the backward pass (long sequences; same numbers)
+    m.logits_chunk = 0              # > 0: score this many positions at a time, never holding
+                                    # all [B·T, V] logits (large vocabularies; same numbers)
     m.gate_fn = "sigmoid"           # lstm/cifg: gate nonlinearity ("sigmoid"; 000 uses "tanh")
     m.activation = "tanh"           # rnn: "tanh" or "relu"; lstm/cifg: cell input/output nonlinearity
     m.peepholes = False             # lstm/cifg: diagonal peephole connections
@@ -82,6 +89,8 @@ def get_config() -> ml_collections.ConfigDict:
     t.clip_norm = 5.0               # global gradient-norm clip (0: off)
     t.epochs = 6                    # passes over the training data
     t.max_steps = 0                 # stop after this many steps in total (0: no limit)
+    t.time_budget_minutes = 0.0     # stop once this much training time is spent, in total over
+                                    # resumes; validation then scores the last params (0: none)
     t.regime = "truncated"          # "full" (state reset every batch), "truncated" (carried), "window"
     t.window_k = 4                  # "window": the loss at t back-propagates through k + 1 steps (001)
     t.loss_reduction = "token_mean"  # "token_mean", "batch_mean" (Σ_t / B, Zaremba), "sum" (000, 001)
@@ -244,4 +253,6 @@ def build_lm_config(config: ml_collections.ConfigDict, vocab_size: int) -> LMCon
         vocab_size=vocab_size, cell=build_cell(m), num_layers=m.num_layers,
         hidden_size=m.hidden_size, embed_size=m.embed_size or None, one_hot=m.one_hot,
         dropout=m.dropout, tie_weights=m.tie_weights, output_bias=m.output_bias, init=m.init,
-        init_scale=m.init_scale, param_dtype=m.param_dtype, unroll=m.unroll)
+        init_scale=m.init_scale, param_dtype=m.param_dtype, unroll=m.unroll,
+        compute_dtype=m.compute_dtype or None, fast_backward=m.fast_backward,
+        remat_segment=m.remat_segment, logits_chunk=m.logits_chunk)

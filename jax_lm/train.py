@@ -361,6 +361,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, run_dir: str | os.Path
     if start == 0 and t.eval_at_start:
         host = _evaluate_at_start(config, corpus, lm_config, state, host, lr_rule, eval_step, log,
                                   print_fn)
+    budget = 60.0 * t.time_budget_minutes
     bar = _progress(total_steps, start, progress)
     batches = train_batches(config, corpus, start)
     window = StepMetrics.zeros()
@@ -373,17 +374,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, run_dir: str | os.Path
             step += 1
             window_steps += 1
             end_of_epoch = step % per_epoch == 0
-            save_now = (end_of_epoch or step == total_steps
+            out_of_time = budget > 0 and (host["train_seconds"] + time.perf_counter()
+                                          - window_start >= budget)
+            save_now = (end_of_epoch or step == total_steps or out_of_time
                         or (t.checkpoint_every and step % t.checkpoint_every == 0))
             if window_steps == t.log_every or save_now:  # a checkpoint holds synced metrics
                 host = _sync_metrics(window, window_steps, time.perf_counter() - window_start,
                                      state, host, log, bar, run_dir, t.on_nonfinite)
-                window, window_start, window_steps = StepMetrics.zeros(), time.perf_counter(), 0
+                window, window_steps = StepMetrics.zeros(), 0
             if end_of_epoch:
                 state, host = _end_epoch(config, corpus, lm_config, state, host, lr_rule,
                                          eval_step, log, run_dir, print_fn)
+            elif out_of_time:
+                host = _score_partial_epoch(config, corpus, lm_config, state, host, eval_step,
+                                            log, run_dir)
             if save_now:
                 save(step)
+            if not window_steps:  # validation and saving are not training time
+                window_start = time.perf_counter()
+            if out_of_time:
+                print_fn(f"\ntime budget of {t.time_budget_minutes:g} min spent at step {step} "
+                         f"(epoch {host['epoch'] + 1}, {step % per_epoch}/{per_epoch} steps)")
+                break
     except KeyboardInterrupt:
         try:  # keep what was trained; the state may be unusable if a step was cut short
             if window_steps:
@@ -494,6 +506,20 @@ def _end_epoch(config, corpus, lm_config, state, host, lr_rule, eval_step, log, 
         msg += f", valid ppl {record['valid_ppl']:.2f} ({record['valid_bits']:.3f} bits/{unit})"
     print_fn(msg + f", next lr {lr:.4g}")
     return state, host
+
+
+def _score_partial_epoch(config, corpus, lm_config, state, host, eval_step, log, run_dir):
+    """Validation of params that stopped mid-epoch (time budget); they may be the best."""
+    record = {"epoch": host["epoch"] + 1, "step": int(state.step), "partial_epoch": True}
+    host = dict(host)
+    if "valid" in corpus.splits:
+        valid = evaluate(state.params, lm_config, eval_batches(config, corpus, "valid"), eval_step)
+        record.update(valid_nll=valid["nll"], valid_ppl=valid["ppl"], valid_bits=valid["bits"])
+        if host["best_valid"] is None or valid["nll"] < host["best_valid"]:
+            host["best_valid"] = valid["nll"]
+            checkpoint.save_checkpoint(checkpoint.best_path(run_dir), state, host)
+    log(**record)
+    return host
 
 
 def _finish(config, corpus, lm_config, state, host, eval_step, log, run_dir, print_fn):

@@ -254,3 +254,26 @@ def test_padding_sentences_to_a_multiple_does_not_change_training(tmp_path):
         finals.append(train.load_run(tmp_path / f"run{multiple}", "latest").params)
     for x, y in zip(jax.tree.leaves(finals[0]), jax.tree.leaves(finals[1])):
         np.testing.assert_allclose(x, y, rtol=1e-10, atol=1e-12)
+
+
+def test_time_budget_stops_mid_epoch_and_scores_the_last_params(corpus_file, tmp_path):
+    """A budget shorter than the first step (its compilation) stops after that step."""
+    config = _config(corpus_file, tmp_path, **{"train.time_budget_minutes": 1e-6,
+                                               "train.epochs": 50})
+    result = _run(config, tmp_path / "run")
+    records = _records(tmp_path / "run")
+    partial = [r for r in records if r.get("partial_epoch")]
+    assert result["step"] == 1
+    assert len(partial) == 1 and partial[0]["step"] == 1
+    assert result["valid_nll"] == pytest.approx(partial[0]["valid_nll"])  # the best so far
+    assert checkpoint.latest_path(tmp_path / "run") is not None
+
+
+def test_speed_options_of_the_config_reach_the_model(corpus_file, tmp_path):
+    config = _config(corpus_file, tmp_path, **{
+        "model.compute_dtype": "bfloat16", "model.fast_backward": False,
+        "model.remat_segment": 4, "model.logits_chunk": 8})
+    lm = config_lib.build_lm_config(config, vocab_size=30)
+    assert (lm.compute_dtype, lm.fast_backward, lm.remat_segment, lm.logits_chunk) == (
+        "bfloat16", False, 4, 8)
+    assert config_lib.build_lm_config(_config(corpus_file, tmp_path), 30).compute_dtype is None
