@@ -36,6 +36,7 @@ def get_config():
     c.data.batch_size = 32
     c.data.seq_len = 100
     c.model.dropout = 0.0
+    c.train.lr_rule = "constant"
     c.train.epochs = 100
     c.train.max_steps = 1500       # the equal budget: 1500 × 32 × 100 = 4.8M characters
     c.train.eval_test = False
