@@ -509,14 +509,17 @@ def _end_epoch(config, corpus, lm_config, state, host, lr_rule, eval_step, log, 
 
 
 def _score_partial_epoch(config, corpus, lm_config, state, host, eval_step, log, run_dir):
-    """Validation of params that stopped mid-epoch (time budget); they may be the best."""
+    """Validation of params that stopped mid-epoch (time budget).
+
+    They are logged, and kept as the best only when no epoch has ended yet: the best
+    checkpoint stays an end-of-epoch one, as in a run that was never stopped and resumed.
+    """
     record = {"epoch": host["epoch"] + 1, "step": int(state.step), "partial_epoch": True}
     host = dict(host)
     if "valid" in corpus.splits:
         valid = evaluate(state.params, lm_config, eval_batches(config, corpus, "valid"), eval_step)
         record.update(valid_nll=valid["nll"], valid_ppl=valid["ppl"], valid_bits=valid["bits"])
-        if host["best_valid"] is None or valid["nll"] < host["best_valid"]:
-            host["best_valid"] = valid["nll"]
+        if host["best_valid"] is None:
             checkpoint.save_checkpoint(checkpoint.best_path(run_dir), state, host)
     log(**record)
     return host

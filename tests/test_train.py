@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import serialization
 
 from jax_lm import batching, checkpoint, model, optim, train
 from jax_lm import config as config_lib
@@ -266,7 +267,10 @@ def test_time_budget_stops_mid_epoch_and_scores_the_last_params(corpus_file, tmp
     assert result["step"] == 1
     assert len(partial) == 1 and partial[0]["step"] == 1
     assert result["valid_nll"] == pytest.approx(partial[0]["valid_nll"])  # the best so far
-    assert checkpoint.latest_path(tmp_path / "run") is not None
+    latest = checkpoint.latest_path(tmp_path / "run")
+    raw = serialization.msgpack_restore(latest.read_bytes())
+    assert json.loads(raw["metadata"])["best_valid"] is None  # no epoch has ended: a resumed
+    #                                       run's first epoch end replaces this best checkpoint
 
 
 def test_speed_options_of_the_config_reach_the_model(corpus_file, tmp_path):
@@ -277,3 +281,12 @@ def test_speed_options_of_the_config_reach_the_model(corpus_file, tmp_path):
     assert (lm.compute_dtype, lm.fast_backward, lm.remat_segment, lm.logits_chunk) == (
         "bfloat16", False, 4, 8)
     assert config_lib.build_lm_config(_config(corpus_file, tmp_path), 30).compute_dtype is None
+
+
+def test_a_run_stopped_by_its_time_budget_resumes_to_the_uninterrupted_result(
+        corpus_file, tmp_path):
+    whole = _run(_config(corpus_file, tmp_path), tmp_path / "whole")
+    _run(_config(corpus_file, tmp_path, **{"train.time_budget_minutes": 1e-6}), tmp_path / "cut")
+    resumed = _run(_config(corpus_file, tmp_path), tmp_path / "cut", resume=True)
+    assert resumed["step"] == whole["step"]
+    assert resumed["valid_nll"] == whole["valid_nll"]  # the same best (end-of-epoch) params
