@@ -256,6 +256,8 @@ def _add_sweep(commands) -> None:
                    "and get_sweep()")
     p.add_argument("--workdir", default=None, help="sweep folder (default: runs/<name>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--vmap-seeds", action="store_true",
+                   help="train the points that differ only in seed together (jax.vmap)")
     p.set_defaults(run=_sweep)
 
 
@@ -263,7 +265,8 @@ def _sweep(args: argparse.Namespace) -> int:
     from jax_lm import sweep
 
     workdir = args.workdir or f"runs/{Path(args.sweep).stem}"
-    sweep.run_sweep(args.sweep, workdir, progress=not args.no_progress)
+    sweep.run_sweep(args.sweep, workdir, progress=not args.no_progress,
+                    vmap_seeds=args.vmap_seeds)
     return 0
 
 

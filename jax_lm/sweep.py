@@ -3,7 +3,9 @@
 A sweep file is a config file whose module also defines `get_sweep()`: a list of override
 dicts (`{"model.cell": "gru", "seed": 1}`) applied to its `get_config()`. Every grid point
 is an ordinary run folder under the sweep folder, so a sweep that is stopped and started
-again skips the finished runs and resumes the interrupted one.
+again skips the finished runs and resumes the interrupted one. With `vmap_seeds` (`jax-lm
+sweep --vmap-seeds`) the points that differ only in `seed` train together, one vmapped step
+for all seeds (`jax_lm.multiseed`).
 
     sweep_dir/<point name>/...     one run folder per grid point
     sweep_dir/results.jsonl        one record per run (overrides, scores, training seconds)
@@ -60,20 +62,56 @@ def _final_record(run_dir: Path) -> dict | None:
     return finals[-1] if finals else None
 
 
+def _point_config(base, overrides: dict[str, Any]):
+    return config_lib.apply_overrides(config_lib.from_json(config_lib.to_json(base)),
+                                      {k: _as_text(v) for k, v in overrides.items()})
+
+
+def _train_seed_groups(base, grid: list[dict], sweep_dir: Path, print_fn) -> None:
+    """Train, S seeds at a time with `jax_lm.multiseed`, every group of grid points that
+    differ only in `seed` and have not started; other points are left to the loop."""
+    from jax_lm import multiseed
+
+    groups: dict[str, list[dict]] = {}
+    for overrides in grid:
+        if "seed" in overrides:
+            rest = {k: v for k, v in overrides.items() if k != "seed"}
+            groups.setdefault(json.dumps(rest, sort_keys=True), []).append(overrides)
+    for points in groups.values():
+        fresh = [p for p in points if not (sweep_dir / point_name(p)).exists()]
+        if len(fresh) < 2:
+            continue
+        config = _point_config(base, fresh[0])
+        try:
+            multiseed.check_supported(config)
+        except config_lib.ConfigError as e:
+            print_fn(f"seeds one by one: {e}")
+            continue
+        names = [point_name(p) for p in fresh]
+        print_fn(f"[{len(fresh)} seeds at once] {', '.join(names)}")
+        multiseed.train_seeds(config, [p["seed"] for p in fresh],
+                              [sweep_dir / n for n in names], print_fn=print_fn)
+
+
 def run_sweep(sweep: str | os.PathLike, sweep_dir: str | os.PathLike, *,
-              progress: bool = False, print_fn: Callable[[str], None] = print) -> list[dict]:
-    """Run every grid point that has not finished yet; write and return the result records."""
+              progress: bool = False, vmap_seeds: bool = False,
+              print_fn: Callable[[str], None] = print) -> list[dict]:
+    """Run every grid point that has not finished yet; write and return the result records.
+
+    With `vmap_seeds`, points that differ only in `seed` train together (`jax_lm.multiseed`).
+    """
     from jax_lm import train
 
     base, grid = load_sweep(sweep)
     sweep_dir = Path(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
+    if vmap_seeds:
+        _train_seed_groups(base, grid, sweep_dir, print_fn)
     records = []
     for i, overrides in enumerate(grid, 1):
         name = point_name(overrides)
         run_dir = sweep_dir / name
-        config = config_lib.apply_overrides(config_lib.from_json(config_lib.to_json(base)),
-                                            {k: _as_text(v) for k, v in overrides.items()})
+        config = _point_config(base, overrides)
         final = _final_record(run_dir)
         if final is None:
             print_fn(f"[{i}/{len(grid)}] {name}")

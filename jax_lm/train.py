@@ -85,8 +85,10 @@ def _reset_rows(carry: tuple, reset: Array, fresh: tuple) -> tuple:
 
 
 def make_train_step(config: LMConfig, optimizer, *, regime: str = "truncated", window_k: int = 4,
-                    reduction: str = "token_mean") -> Callable:
+                    reduction: str = "token_mean", jit: bool = True) -> Callable:
     """A jitted `train_step(state, batch) -> (state, StepMetrics)`; `state` is donated.
+
+    (`jit=False`: the plain function, e.g. to vmap it over seeds in `jax_lm.multiseed`.)
 
     Regimes: "full" starts every batch from the zero state (whole sequences, 000/001);
     "truncated" carries each row's state into the next window (the stream layout), and
@@ -139,7 +141,7 @@ def make_train_step(config: LMConfig, optimizer, *, regime: str = "truncated", w
                           opt_state=keep(opt_state, state.opt_state), rng=state.rng,
                           carry=keep(carry, fresh)), metrics
 
-    return jax.jit(train_step, donate_argnums=0)
+    return jax.jit(train_step, donate_argnums=0) if jit else train_step
 
 
 def make_eval_step(config: LMConfig) -> Callable:
