@@ -2,7 +2,7 @@
 
 Every cell gets two layers sized so that the whole model has about `PARAMS` parameters,
 and the same number of training steps (the same tokens); 3 seeds each.
-    jax-lm sweep sweep_cells
+    jax-lm sweep sweep_cells --vmap-seeds     # each cell's 3 seeds train together
 """
 
 import jax
