@@ -115,6 +115,7 @@ def train_seeds(config: ml_collections.ConfigDict, seeds: list[int],
         end_of_epoch = step % per_epoch == 0
         if not (window_steps == t.log_every or end_of_epoch or step == total_steps):
             continue
+        window = jax.block_until_ready(window)  # the steps are done: time them
         elapsed = time.perf_counter() - window_start
         slices = [seed_slice(states, i) for i in range(len(seeds))]
         for i in range(len(seeds)):

@@ -381,6 +381,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, run_dir: str | os.Path
             save_now = (end_of_epoch or step == total_steps or out_of_time
                         or (t.checkpoint_every and step % t.checkpoint_every == 0))
             if window_steps == t.log_every or save_now:  # a checkpoint holds synced metrics
+                window = jax.block_until_ready(window)  # the steps are done: time them
                 host = _sync_metrics(window, window_steps, time.perf_counter() - window_start,
                                      state, host, log, bar, run_dir, t.on_nonfinite)
                 window, window_steps = StepMetrics.zeros(), 0
