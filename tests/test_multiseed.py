@@ -9,14 +9,8 @@ import pytest
 from jax_lm import checkpoint, multiseed, sweep, train
 from jax_lm import config as config_lib
 
-TEXT = "the cat sat on the mat. the dog sat on the log.\n" * 40
-
-
-@pytest.fixture(scope="module")
-def corpus_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "tiny.txt"
-    path.write_text(TEXT)
-    return path
+from tests.test_sweep import SWEEP_FILE
+from tests.test_train import corpus_file  # noqa: F401 - a fixture shared with test_train
 
 
 def _config(corpus_file, tmp_path, **overrides):
@@ -62,26 +56,6 @@ def test_a_batcher_whose_batches_depend_on_the_seed_is_refused(corpus_file, tmp_
     config = _config(corpus_file, tmp_path, **{"data.batcher": "random_windows"})
     with pytest.raises(config_lib.ConfigError, match="batcher"):
         multiseed.train_seeds(config, [0, 1], [tmp_path / "a", tmp_path / "b"])
-
-
-SWEEP_FILE = '''
-from jax_lm.config import get_config as base
-
-def get_config():
-    c = base()
-    c.data.source = {source!r}
-    c.data.cache_dir = {cache!r}
-    c.data.batch_size = 4
-    c.data.seq_len = 8
-    c.model.hidden_size = 8
-    c.train.max_steps = 3
-    c.train.log_every = 3
-    c.sample.num_tokens = 5
-    return c
-
-def get_sweep():
-    return [{{"model.cell": cell, "seed": seed}} for cell in ("rnn", "gru") for seed in (0, 1)]
-'''
 
 
 def test_a_sweep_with_vmap_seeds_trains_each_group_together_and_tabulates_it(
