@@ -110,7 +110,7 @@ def train_seeds(config: ml_collections.ConfigDict, seeds: list[int],
     window_start, window_steps = time.perf_counter(), 0
     for step in range(1, total_steps + 1):
         states, metrics = vstep(states, next(batches))
-        window = metrics if window is None else jax.tree.map(jnp.add, window, metrics)
+        window = metrics if window is None else window + metrics  # elementwise per seed
         window_steps += 1
         end_of_epoch = step % per_epoch == 0
         if not (window_steps == t.log_every or end_of_epoch or step == total_steps):
