@@ -70,7 +70,7 @@ def get_config() -> ml_collections.ConfigDict:
     m.unroll = 1                    # jax.lax.scan unroll factor
     m.param_dtype = "float32"       # parameter dtype ("float64" for exact comparisons)
     m.compute_dtype = ""            # "" (= param_dtype) or e.g. "bfloat16" on GPU/TPU: layers and
-                                    # output projection compute in it; params and loss stay
+                                    # output projection compute in it (params, loss: param_dtype)
     m.fast_backward = True          # jax_lm.fast_scan's backward (same numbers, faster)
     m.remat_segment = 0             # > 0: recompute states in segments of this many steps in
                                     # the backward pass (long sequences; same numbers)
