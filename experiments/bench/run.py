@@ -567,22 +567,14 @@ def report(results: dict, info: dict, opts, elapsed: float) -> str:
                         "every implementation, PyTorch's spin-waiting OpenMP threads most of all "
                         "(its rates can drop tenfold): do not compare these numbers; rerun on a "
                         "quiet machine."]
-    if results.get("train"):
-        lines += ["## Training (forward + backward + clip 5 + SGD), tokens/s", "",
-                  "| config | jax_lm | PyTorch | flax | jax_lm / PyTorch | jax_lm / flax | "
-                  "MFLOP/token | jax_lm GFLOP/s | ceiling tok/s | jax_lm % of ceiling |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        for r in results["train"]:
-            lines.append(_row(r))
-        lines.append("")
-    if results.get("eval"):
-        lines += ["## Evaluation (forward + summed NLL), tokens/s", "",
-                  "| config | jax_lm | PyTorch | flax | jax_lm / PyTorch | jax_lm / flax | "
-                  "MFLOP/token | jax_lm GFLOP/s | ceiling tok/s | jax_lm % of ceiling |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        for r in results["eval"]:
-            lines.append(_row(r))
-        lines.append("")
+    for kind, title in (("train", "Training (forward + backward + clip 5 + SGD)"),
+                        ("eval", "Evaluation (forward + summed NLL)")):
+        if results.get(kind):
+            lines += [f"## {title}, tokens/s", "",
+                      "| config | jax_lm | PyTorch | flax | jax_lm / PyTorch | jax_lm / flax | "
+                      "MFLOP/token | jax_lm GFLOP/s | ceiling tok/s | jax_lm % of ceiling |",
+                      "|---|---|---|---|---|---|---|---|---|---|",
+                      *(_row(r) for r in results[kind]), ""]
     if results.get("sample"):
         r = results["sample"]
         fast, slow = (summary(r["rates"][k])[0] for k in ("generate (scan)",
