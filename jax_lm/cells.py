@@ -127,6 +127,9 @@ class _Cell:
 
     GATES: tuple[str, ...] = ()
     use_bias: bool = True
+    # True when `update` reads its inputs only as the sum z_t = xw_t + hw_t (RNN, LSTM);
+    # `jax_lm.fast_scan` then keeps z_t alone for the backward pass.
+    SUMS_INPUTS: bool = False
 
     def recur(self, params: Params, carry, xw_t: Array):
         """One step from the projected input xw_t [B, G·H]: `update` with hw_t = h_{t-1} W_h."""
@@ -158,6 +161,7 @@ class RNN(_Cell):
     use_bias: bool = True
 
     GATES = ("h",)
+    SUMS_INPUTS = True
 
     def __post_init__(self):
         _activation(self.activation)
@@ -202,6 +206,8 @@ class LSTM(_Cell):
     coupled: bool = False  # CIFG: f = 1 − i, no forget-gate weights
     forget_bias: float = 0.0
     use_bias: bool = True
+
+    SUMS_INPUTS = True
 
     def __post_init__(self):
         _activation(self.gate_fn)

@@ -24,8 +24,13 @@ xw_t, hw_t), plus the one product that must stay inside:
 
 θ are the small elementwise parameters (LSTM peepholes, GRU's b_hn); their per-step
 gradients are summed after the scan. d xw is returned as is; the gradients of w_x and b
-follow from it through `project`, whose weight gradient, like the output layer's (`dense`),
-is one [I, T·B] @ [T·B, O] product with the transposed input materialized first.
+follow from it through `project`, whose weight and bias gradients, like the output
+layer's (`dense_bias`), are one [I + 1, T·B] @ [T·B, O] product with the transposed input
+(and a row of ones) materialized first.
+
+A cell whose `update` reads xw_t and hw_t only as their sum z_t (`SUMS_INPUTS`: RNN and
+the LSTM family, not GRU) saves z_t instead of hw_t, and its backward scan emits one
+[T, B, G·H] array, d z, which is both d xw and d hw.
 
 Measured on the 2-core benchmark machine (experiments/results/bench-*.md): the VJP of the
 scan bought +7% (Zaremba small) and +12% (medium) in training tokens/s, the materialized
@@ -84,6 +89,30 @@ def _dense_bwd(residuals, g):
 dense.defvjp(_dense_fwd, _dense_bwd)
 
 
+@jax.custom_vjp
+def dense_bias(x: Array, w: Array, b: Array) -> Array:
+    """x [..., I] @ w [I, O] + b [O], whose w and b gradients are one matmul [x, 1]ᵀ @ g.
+
+    The bias gradient Σ g (a pass over g, e.g. the [B·T, V] logit gradient) becomes the
+    last row of the weight-gradient product, for one more row of xᵀ.
+    """
+    return x @ w + b
+
+
+def _dense_bias_fwd(x, w, b):
+    return x @ w + b, (x, w)
+
+
+def _dense_bias_bwd(residuals, g):
+    x, w = residuals
+    ones = jnp.ones(x.shape[:-1] + (1,), x.dtype)
+    d_wb = _weight_grad(jnp.concatenate([x, ones], axis=-1), g)               # (I + 1, O)
+    return g @ w.T, d_wb[:-1], d_wb[-1]
+
+
+dense_bias.defvjp(_dense_bias_fwd, _dense_bias_bwd)
+
+
 def _masked_update(cell, small_params, carry, xw_t, hw_t, m_t):
     """`cell.update`, holding the carry where m_t [B] is 0 (as `cells.unroll_projected`)."""
     new_carry, h_t = cell.update(small_params, carry, xw_t, hw_t)
@@ -94,16 +123,19 @@ def _masked_update(cell, small_params, carry, xw_t, hw_t, m_t):
 
 
 def _forward(cell, w_h, small_params, carry, xw, mask, unroll):
-    """The scan; also returns what the backward pass needs: every carry_{t-1} and hw_t."""
+    """The scan; also returns what the backward pass needs: every carry_{t-1} and the
+    step's input to `update`: hw_t, or z_t = xw_t + hw_t for a cell that `SUMS_INPUTS`."""
 
     def body(carry, inputs):
         xw_t, m_t = inputs
         hw_t = cell.output(carry) @ w_h                                       # (B, G·H)
+        if cell.SUMS_INPUTS:
+            xw_t, hw_t = xw_t + hw_t, 0.0                     # update reads xw_t + 0 = z_t
         new_carry, h_t = _masked_update(cell, small_params, carry, xw_t, hw_t, m_t)
-        return new_carry, (h_t, carry, hw_t)
+        return new_carry, (h_t, carry, xw_t if cell.SUMS_INPUTS else hw_t)
 
-    final, (hs, prev_carries, hw) = jax.lax.scan(body, carry, (xw, mask), unroll=unroll)
-    return (final, hs), (prev_carries, hw)
+    final, (hs, prev_carries, saved) = jax.lax.scan(body, carry, (xw, mask), unroll=unroll)
+    return (final, hs), (prev_carries, saved)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 6))
@@ -112,27 +144,36 @@ def _scan(cell, w_h, small_params, carry, xw, mask, unroll):
 
 
 def _scan_fwd(cell, w_h, small_params, carry, xw, mask, unroll):
-    outputs, (prev_carries, hw) = _forward(cell, w_h, small_params, carry, xw, mask, unroll)
-    return outputs, (w_h, small_params, xw, mask, prev_carries, hw)
+    outputs, (prev_carries, saved) = _forward(cell, w_h, small_params, carry, xw, mask, unroll)
+    xw = None if cell.SUMS_INPUTS else xw
+    return outputs, (w_h, small_params, xw, mask, prev_carries, saved)
 
 
 def _scan_bwd(cell, unroll, residuals, cotangents):
-    w_h, small_params, xw, mask, prev_carries, hw = residuals
+    w_h, small_params, xw, mask, prev_carries, saved = residuals
     d_final, d_hs = cotangents
+    sums = cell.SUMS_INPUTS
 
     def body(d_carry, inputs):
-        carry, xw_t, hw_t, m_t, d_h_t = inputs
-        _, update_vjp = jax.vjp(
-            lambda p, c, x, y: _masked_update(cell, p, c, x, y, m_t), small_params, carry,
-            xw_t, hw_t)
-        d_small, d_prev, d_xw_t, d_hw_t = update_vjp((d_carry, d_h_t))
+        carry, xw_t, saved_t, m_t, d_h_t = inputs
+        if sums:  # saved_t = z_t; d xw_t = d hw_t = d z_t
+            _, update_vjp = jax.vjp(
+                lambda p, c, z: _masked_update(cell, p, c, z, 0.0, m_t), small_params, carry,
+                saved_t)
+            d_small, d_prev, d_hw_t = update_vjp((d_carry, d_h_t))
+        else:     # saved_t = hw_t
+            _, update_vjp = jax.vjp(
+                lambda p, c, x, y: _masked_update(cell, p, c, x, y, m_t), small_params, carry,
+                xw_t, saved_t)
+            d_small, d_prev, d_xw_t, d_hw_t = update_vjp((d_carry, d_h_t))
         _, output_vjp = jax.vjp(cell.output, carry)
         (d_prev_from_hw,) = output_vjp(d_hw_t @ w_h.T)                        # (B, H)
         d_prev = jax.tree.map(jnp.add, d_prev, d_prev_from_hw)
-        return d_prev, (d_small, d_xw_t, d_hw_t)
+        return d_prev, (d_small, d_hw_t) if sums else (d_small, (d_xw_t, d_hw_t))
 
-    d_carry, (d_small, d_xw, d_hw) = jax.lax.scan(
-        body, d_final, (prev_carries, xw, hw, mask, d_hs), reverse=True, unroll=unroll)
+    d_carry, (d_small, d_inputs) = jax.lax.scan(
+        body, d_final, (prev_carries, xw, saved, mask, d_hs), reverse=True, unroll=unroll)
+    d_xw, d_hw = (d_inputs, d_inputs) if sums else d_inputs
     h_prev = cell.output(prev_carries)                                        # (T, B, H)
     d_w_h = _weight_grad(h_prev, d_hw)                                        # one big matmul
     d_small = jax.tree.map(lambda g: g.sum(axis=0), d_small)
@@ -163,8 +204,7 @@ def unroll_projected(cell: cells.Cell, params: cells.Params, carry, xw: Array,
 
 def project(params: cells.Params, x: Array) -> Array:
     """`cells.project` (x @ w_x + b) with the weight gradient of `dense`."""
-    xw = dense(x, params["w_x"])
-    return xw + params["b"] if "b" in params else xw
+    return dense_bias(x, params["w_x"], params["b"]) if "b" in params else dense(x, params["w_x"])
 
 
 def unroll(cell: cells.Cell, params: cells.Params, carry, xs: Array,

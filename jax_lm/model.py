@@ -225,8 +225,12 @@ def output_logits(params: Params, h: Array, *, config: LMConfig) -> Array:
     params = _cast(params, config.compute_dtype)
     w = params["embed"].T if config.tie_weights else params["out"]["w"]
     h = h if config.compute_dtype is None else h.astype(config.compute_dtype)
-    logits = fast_scan.dense(h, w) if config.fast_backward else h @ w
-    logits = logits + params["out"]["b"] if config.output_bias else logits
+    if config.fast_backward and config.output_bias:
+        logits = fast_scan.dense_bias(h, w, params["out"]["b"])
+    elif config.fast_backward:
+        logits = fast_scan.dense(h, w)
+    else:
+        logits = h @ w + params["out"]["b"] if config.output_bias else h @ w
     return logits.astype(config.param_dtype)
 
 

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from jax_lm import batching, bptt, checkpoint, data, lr_rules, model, optim
 from jax_lm import config as config_lib
@@ -97,8 +98,9 @@ def make_train_step(config: LMConfig, optimizer, *, regime: str = "truncated", w
     (`bptt.window_token_nll`, k = `window_k`) from the zero state.
     Loss: Σ nll / Σ mask ("token_mean"), Σ nll / B ("batch_mean": sum over time, mean over
     the batch, as Zaremba's code) or Σ nll ("sum", the per-sentence loss of 000 and 001).
-    A step whose loss or gradient is not finite leaves params and optimizer state unchanged
-    and is counted in the metrics.
+    A step whose loss or gradient is not finite (a NaN/inf entry, or a gradient norm beyond
+    the float range) leaves params and optimizer state unchanged and is counted in the
+    metrics.
     """
     if regime not in REGIMES:
         raise ValueError(f"unknown regime {regime!r}; choose one of {REGIMES}")
@@ -129,8 +131,9 @@ def make_train_step(config: LMConfig, optimizer, *, regime: str = "truncated", w
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = jax.tree.map(jnp.add, state.params, updates)
 
-        finite = jnp.isfinite(total) & jnp.all(jnp.array(
-            [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+        # One reduction per leaf, shared with the clipping's norm (XLA merges the two):
+        # any NaN/inf entry makes the norm NaN/inf (so does a norm beyond float range).
+        finite = jnp.isfinite(total) & jnp.isfinite(optax.tree.norm(grads))
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
         metrics = StepMetrics(
             nll=jnp.where(finite, total, 0.0).astype(jnp.float32),

@@ -47,6 +47,19 @@ def test_fast_unroll_has_the_values_and_gradients_of_the_plain_unroll(name, mask
                         grad(cells.unroll, params, carry0, xs))
 
 
+@pytest.mark.parametrize("name", sorted(CELL_VARIANTS))
+def test_sums_inputs_is_set_exactly_for_cells_whose_update_reads_only_xw_plus_hw(name, key):
+    cell = CELL_VARIANTS[name]
+    k_p, k_x, k_h = jax.random.split(key, 3)
+    params = cell.init(k_p, I, H, cells.make_inits("uniform", 0.5), jnp.float64)
+    carry = jax.tree.map(lambda c: c + 0.3, cell.initial_carry(B, H, jnp.float64))
+    xw, hw = (jax.random.normal(k, (B, len(cell.GATES) * H), jnp.float64) for k in (k_x, k_h))
+    summed = cell.update(params, carry, xw + hw, jnp.zeros_like(hw))
+    same = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(cell.update(
+        params, carry, xw, hw)), jax.tree.leaves(summed)))
+    assert same == cell.SUMS_INPUTS
+
+
 def test_dense_has_the_value_and_gradients_of_matmul(key):
     k_x, k_w = jax.random.split(key)
     x = jax.random.normal(k_x, (T, B, I), jnp.float64)   # leading axes are summed over in dW
@@ -55,6 +68,18 @@ def test_dense_has_the_value_and_gradients_of_matmul(key):
     np.testing.assert_allclose(fast_scan.dense(x, w), x @ w, rtol=1e-14)
     _assert_trees_close(jax.grad(loss, argnums=(1, 2))(fast_scan.dense, x, w),
                         jax.grad(loss, argnums=(1, 2))(jnp.matmul, x, w))
+
+
+def test_dense_bias_has_the_value_and_gradients_of_matmul_plus_bias(key):
+    k_x, k_w, k_b = jax.random.split(key, 3)
+    x = jax.random.normal(k_x, (T, B, I), jnp.float64)
+    w = jax.random.normal(k_w, (I, H), jnp.float64)
+    b = jax.random.normal(k_b, (H,), jnp.float64)
+    loss = lambda affine, x, w, b: jnp.sum(jnp.sin(affine(x, w, b)))  # noqa: E731
+    reference = lambda x, w, b: x @ w + b  # noqa: E731
+    np.testing.assert_allclose(fast_scan.dense_bias(x, w, b), reference(x, w, b), rtol=1e-14)
+    _assert_trees_close(jax.grad(loss, argnums=(1, 2, 3))(fast_scan.dense_bias, x, w, b),
+                        jax.grad(loss, argnums=(1, 2, 3))(reference, x, w, b))
 
 
 SPEED_OPTIONS = {

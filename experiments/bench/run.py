@@ -5,6 +5,11 @@
     python experiments/bench/run.py                       # more and longer rounds
     python experiments/bench/run.py --only zaremba_small,tutorial_step
     python experiments/bench/run.py --ablations           # jax_lm's speed options, one by one
+    JAX_LM_TUNE_MALLOC=0 python experiments/bench/run.py  # glibc's malloc defaults
+
+Like `jax-lm`, the script re-executes itself with `jax_lm.allocator.TUNABLES` (glibc
+malloc settings that stop XLA:CPU from page-faulting its temporary buffers every step);
+the one process runs every implementation, so PyTorch, flax and NumPy run under them too.
 
 What is measured (all float32 unless said otherwise; one process):
 
@@ -50,6 +55,11 @@ from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # jax_lm and tests.oracles from this checkout
+
+from jax_lm import allocator  # noqa: E402
+
+if __name__ == "__main__":  # as `jax-lm` does: glibc malloc tunables, for every peer alike
+    allocator.reexec_with_tuned_malloc()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -535,8 +545,11 @@ def machine() -> dict:
                 "jaxlib": jaxlib.__version__,
                 "flax": flax.__version__, "optax": optax.__version__, "numpy": np.__version__,
                 "torch": torch.__version__ if torch is not None else "not installed"}
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    malloc = (f"GLIBC_TUNABLES={tunables}" if "glibc.malloc." in tunables
+              else f"{platform.libc_ver()[0] or 'libc'} defaults")
     return {"cpu": f"{cpu} ({isa})", "cores": os.cpu_count(), "commit": commit,
-            "versions": versions,
+            "versions": versions, "malloc": malloc,
             "torch_threads": torch.get_num_threads() if torch is not None else None}
 
 
@@ -553,6 +566,8 @@ def report(results: dict, info: dict, opts, elapsed: float) -> str:
              f"- machine: {info['cpu']}, {info['cores']} cores; load average "
              f"{info['load_before']} before, {info['load_after']} after (1, 5, 15 min)",
              "- versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
+             f"- malloc (one process, every implementation alike; `jax_lm.allocator`): "
+             f"{info['malloc']}",
              f"- PyTorch threads: {info['torch_threads']}; rounds: {opts.rounds}, "
              f"≥ {opts.min_seconds} s each, alternating; wall time {elapsed / 60:.1f} min",
              "- numbers: median tokens/s over rounds (min–max); float32; GFLOP/s counts matmul "
