@@ -122,6 +122,31 @@ def _masked_update(cell, small_params, carry, xw_t, hw_t, m_t):
     return new_carry, h_t
 
 
+def _scan_prefetched(body, carry, xs, *, unroll: int = 1):
+    """`jax.lax.scan(body, carry, xs)`, with step t's xs_t read from a buffer that step
+    t − 1 filled, not from a slice of xs inside the step's fusions.
+
+    Same results. XLA:CPU does not vectorize an elementwise fusion that reads a dynamic
+    slice of xs through static slices (the gates of z_t): an isolated LSTM step of Zaremba
+    small takes 140 µs so, 84 µs with the slice copied into the loop carry a step ahead
+    (+2% training, +7% evaluation tokens/s). Not for `jax.grad` (each slice would transpose
+    to a full-size update): it runs inside `_scan`'s own forward pass only.
+    """
+    steps = jax.tree.leaves(xs)[0].shape[0]
+
+    def at(t):
+        return jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, t, keepdims=False), xs)
+
+    def step(state, t):
+        carry, xs_t = state
+        xs_next = at(jnp.minimum(t + 1, steps - 1))
+        carry, ys_t = body(carry, xs_t)
+        return (carry, xs_next), ys_t
+
+    (carry, _), ys = jax.lax.scan(step, (carry, at(0)), jnp.arange(steps), unroll=unroll)
+    return carry, ys
+
+
 def _forward(cell, w_h, small_params, carry, xw, mask, unroll):
     """The scan; also returns what the backward pass needs: every carry_{t-1} and the
     step's input to `update`: hw_t, or z_t = xw_t + hw_t for a cell that `SUMS_INPUTS`."""
@@ -134,7 +159,7 @@ def _forward(cell, w_h, small_params, carry, xw, mask, unroll):
         new_carry, h_t = _masked_update(cell, small_params, carry, xw_t, hw_t, m_t)
         return new_carry, (h_t, carry, xw_t if cell.SUMS_INPUTS else hw_t)
 
-    final, (hs, prev_carries, saved) = jax.lax.scan(body, carry, (xw, mask), unroll=unroll)
+    final, (hs, prev_carries, saved) = _scan_prefetched(body, carry, (xw, mask), unroll=unroll)
     return (final, hs), (prev_carries, saved)
 
 
