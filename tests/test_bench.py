@@ -75,3 +75,16 @@ def test_flops_per_training_token_match_the_perf_notes(bench, name, mflop):
     config = {b.name: b for b in bench.TRAIN}[name]
     per_token = bench.flops(bench.matmuls(config)) / config.tokens
     assert round(per_token / 1e6, 1) == mflop
+
+
+def test_breakdown_runs_at_toy_size():
+    """experiments/bench/breakdown.py (jax_lm vs PyTorch piece by piece) runs end to end."""
+    pytest.importorskip("torch")
+    spec = importlib.util.spec_from_file_location(
+        "bench_breakdown", BENCH.parent / "breakdown.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = module.main(["--sizes", "tiny", "--rounds", "1", "--min-seconds", "0"])
+    for line in ("| embedding + 2 LSTM layers, forward + backward |",
+                 "| training step (+ clip 5, SGD) |", "| output layer dh = g @ Wᵀ |"):
+        assert line in text
