@@ -88,3 +88,11 @@ def test_breakdown_runs_at_toy_size():
     for line in ("| embedding + 2 LSTM layers, forward + backward |",
                  "| training step (+ clip 5, SGD) |", "| output layer dh = g @ Wᵀ |"):
         assert line in text
+
+
+def test_ab_compares_the_working_tree_with_a_git_revision_at_toy_size():
+    spec = importlib.util.spec_from_file_location("bench_ab", BENCH.parent / "ab.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    (line,) = module.main(["HEAD", "--configs", "tiny", "--rounds", "1", "--min-seconds", "0"])
+    assert line.startswith("tiny train: HEAD ") and " ratio " in line
