@@ -129,7 +129,7 @@ def _scan_prefetched(body, carry, xs, *, unroll: int = 1):
     Same results. XLA:CPU does not vectorize an elementwise fusion that reads a dynamic
     slice of xs through static slices (the gates of z_t): an isolated LSTM step of Zaremba
     small takes 140 µs so, 84 µs with the slice copied into the loop carry a step ahead
-    (Zaremba small: +2% training, +7% evaluation tokens/s). Not for `jax.grad` (each slice
+    (Zaremba small: +2% training tokens/s, evaluation within ±5%). Not for `jax.grad` (each slice
     would transpose to a full-size update): it runs inside `_scan`'s own forward pass only.
     """
     steps = jax.tree.leaves(xs)[0].shape[0]
