@@ -6,6 +6,8 @@
     python experiments/bench/run.py --only zaremba_small,tutorial_step
     python experiments/bench/run.py --ablations           # jax_lm's speed options, one by one
     JAX_LM_TUNE_MALLOC=0 python experiments/bench/run.py  # glibc's malloc defaults
+    python experiments/bench/breakdown.py                 # a step piece by piece, vs PyTorch
+    python experiments/bench/ab.py HEAD~1                 # this tree against a git revision
 
 Like `jax-lm`, the script re-executes itself with `jax_lm.allocator.TUNABLES` (glibc
 malloc settings that stop XLA:CPU from page-faulting its temporary buffers every step);
