@@ -28,11 +28,6 @@ import run  # noqa: E402  (the benchmark: configs, timing, allocator re-exec)
 if __name__ == "__main__":
     run.allocator.reexec_with_tuned_malloc()
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-import jax_lm  # noqa: E402
-
 
 def import_revision(rev: str, folder: Path):
     """`jax_lm` as of `rev`, importable as `jax_lm_<short rev>` from `folder`."""
@@ -51,39 +46,6 @@ def import_revision(rev: str, folder: Path):
     return importlib.import_module(name)
 
 
-def runner(lib, b: run.Bench, evaluate: bool):
-    """`run(n)`: n training (or evaluation) steps of `b` with the package `lib`."""
-    modules = {m: importlib.import_module(f"{lib.__name__}.{m}")
-               for m in ("batching", "cells", "model", "optim", "train")}
-    config = modules["model"].LMConfig(
-        vocab_size=b.vocab, cell=modules["cells"].make_cell(b.cell), num_layers=b.layers,
-        hidden_size=b.hidden, dropout=b.dropout)
-    inputs, targets = run.random_batch(b)
-    batch = jax.device_put(modules["batching"].Batch(
-        inputs, targets, np.ones(inputs.shape, np.float32), np.zeros(b.batch, bool)))
-    if evaluate:
-        params = modules["model"].init_lm(jax.random.key(0), config)
-        step, carry = modules["train"].make_eval_step(config), modules["model"].init_carry(
-            config, b.batch)
-
-        def go(n):
-            c = carry
-            for _ in range(n):
-                _, _, c = step(params, batch, c)
-            jax.block_until_ready(c)
-        return go
-    optimizer = modules["optim"].make_optimizer("sgd", 1.0, clip_norm=5.0)
-    state = [modules["train"].init_train_state(jax.random.key(0), config, optimizer, b.batch)]
-    step = modules["train"].make_train_step(config, optimizer)
-
-    def go(n):
-        s = state[0]
-        for _ in range(n):
-            s, _ = step(s, batch)
-        state[0] = jax.block_until_ready(s)
-    return go
-
-
 def main(argv=None) -> list[str]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("rev", help="git revision to compare against, e.g. HEAD~1")
@@ -100,8 +62,8 @@ def main(argv=None) -> list[str]:
         old = import_revision(opts.rev, Path(folder))
         for name in opts.configs.split(","):
             b = benches[name]
-            rates = run.alternate({"rev": runner(old, b, opts.eval),
-                                   "tree": runner(jax_lm, b, opts.eval)},
+            timer = run.jax_lm_eval if opts.eval else run.jax_lm_train
+            rates = run.alternate({"rev": timer(b, run.library(old)), "tree": timer(b)},
                                   b.tokens, opts.rounds, opts.min_seconds)
             ratios = sorted(t / r for t, r in zip(rates["tree"], rates["rev"]))
             lines.append(f"{name} {'eval' if opts.eval else 'train'}: {opts.rev} "

@@ -45,6 +45,7 @@ import argparse
 import dataclasses
 import datetime
 import functools
+import importlib
 import math
 import os
 import platform
@@ -52,6 +53,7 @@ import statistics
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 from typing import Callable
 
@@ -177,27 +179,41 @@ def random_batch(b: Bench, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
             rng.integers(0, b.vocab, (b.batch, b.steps), dtype=np.int32))
 
 
-def _lm_batch(b: Bench) -> batching.Batch:
+def _lm_batch(b: Bench, lib) -> batching.Batch:
     inputs, targets = random_batch(b)
-    return jax.device_put(batching.Batch(inputs, targets, np.ones(inputs.shape, np.float32),
-                                         np.zeros(b.batch, bool)))
+    return jax.device_put(lib.batching.Batch(inputs, targets, np.ones(inputs.shape, np.float32),
+                                             np.zeros(b.batch, bool)))
 
 
 # ----------------------------------------------------------------------------- jax_lm
 
 
-def jax_lm_config(b: Bench, **options) -> model.LMConfig:
+def library(package=None) -> types.SimpleNamespace:
+    """jax_lm's modules, or those of another copy of the package (`ab.py` imports an older
+    revision under another name)."""
+    names = ("batching", "cells", "model", "optim", "train")
+    if package is None:
+        return types.SimpleNamespace(batching=batching, cells=cells, model=model, optim=optim,
+                                     train=train)
+    return types.SimpleNamespace(**{m: importlib.import_module(f"{package.__name__}.{m}")
+                                    for m in names})
+
+
+def jax_lm_config(b: Bench, lib=None, **options) -> model.LMConfig:
     """Library defaults except the model's shape (and any `options` given)."""
-    return model.LMConfig(vocab_size=b.vocab, cell=cells.make_cell(b.cell), num_layers=b.layers,
-                          hidden_size=b.hidden, dropout=b.dropout, **options)
+    lib = lib or library()
+    return lib.model.LMConfig(vocab_size=b.vocab, cell=lib.cells.make_cell(b.cell),
+                              num_layers=b.layers, hidden_size=b.hidden, dropout=b.dropout,
+                              **options)
 
 
-def jax_lm_train(b: Bench, **options) -> Callable[[int], None]:
-    config = jax_lm_config(b, **options)
-    optimizer = optim.make_optimizer("sgd", 1.0, clip_norm=5.0)
-    step = train.make_train_step(config, optimizer)
-    state = [train.init_train_state(jax.random.key(0), config, optimizer, b.batch)]
-    batch = _lm_batch(b)
+def jax_lm_train(b: Bench, lib=None, **options) -> Callable[[int], None]:
+    lib = lib or library()
+    config = jax_lm_config(b, lib, **options)
+    optimizer = lib.optim.make_optimizer("sgd", 1.0, clip_norm=5.0)
+    step = lib.train.make_train_step(config, optimizer)
+    state = [lib.train.init_train_state(jax.random.key(0), config, optimizer, b.batch)]
+    batch = _lm_batch(b, lib)
 
     def run(n):
         s = state[0]
@@ -208,11 +224,12 @@ def jax_lm_train(b: Bench, **options) -> Callable[[int], None]:
     return run
 
 
-def jax_lm_eval(b: Bench) -> Callable[[int], None]:
-    config = jax_lm_config(b)
-    params = model.init_lm(jax.random.key(0), config)
-    step = train.make_eval_step(config)
-    batch, carry = _lm_batch(b), [model.init_carry(config, b.batch)]
+def jax_lm_eval(b: Bench, lib=None) -> Callable[[int], None]:
+    lib = lib or library()
+    config = jax_lm_config(b, lib)
+    params = lib.model.init_lm(jax.random.key(0), config)
+    step = lib.train.make_eval_step(config)
+    batch, carry = _lm_batch(b, lib), [lib.model.init_carry(config, b.batch)]
 
     def run(n):
         c = carry[0]
