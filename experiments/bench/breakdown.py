@@ -34,13 +34,32 @@ if __name__ == "__main__":
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+import optax  # noqa: E402
 
-from jax_lm import model, optim, train  # noqa: E402
+from jax_lm import model  # noqa: E402
 
 torch = run.torch
 SIZES = {"small": run.Bench("zaremba_small", 10_000, 200),
          "medium": run.Bench("zaremba_medium", 10_000, 650, steps=35),
          "tiny": run.tiny(run.Bench("tiny", 10_000, 200))}
+
+
+def _jax_calls(fn, *args):
+    """`run(n)`: n calls of the jitted `fn(*args)`, then a wait for the last result."""
+    def go(n):
+        for _ in range(n):
+            out = fn(*args)
+        jax.block_until_ready(out)
+    return go
+
+
+def _torch_calls(fn, onednn: bool = True):
+    """`run(n)`: n calls of `fn()`, with PyTorch's oneDNN kernels on or off."""
+    def go(n):
+        with torch.backends.mkldnn.flags(enabled=onednn):
+            for _ in range(n):
+                fn()
+    return go
 
 
 def _ms(runs: dict, rounds: int, min_seconds: float) -> dict[str, float]:
@@ -61,21 +80,13 @@ def _jax_pieces(b: run.Bench) -> dict:
         return jnp.sum(model.hidden_states(p, inputs, carry, config=config)[0] * d_h)
 
     def output(p, h):
-        return model._softmax_nll(p, h, targets, config=config).mean()
+        logits = model.output_logits(p, h, config=config)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
 
     layers_grad = jax.jit(jax.grad(layers))
     output_grad = jax.jit(jax.grad(output, argnums=(0, 1)))
-    step_run = run.jax_lm_train(b)
-
-    def repeat(fn):
-        def go(n):
-            for _ in range(n):
-                out = fn()
-            jax.block_until_ready(out)
-        return go
-
-    return {"layers": repeat(lambda: layers_grad(params)),
-            "output": repeat(lambda: output_grad(params, h)), "step": step_run}
+    return {"layers": _jax_calls(layers_grad, params), "output": _jax_calls(output_grad, params, h),
+            "step": run.jax_lm_train(b)}
 
 
 def _torch_pieces(b: run.Bench, onednn: bool) -> dict:
@@ -96,15 +107,8 @@ def _torch_pieces(b: run.Bench, onednn: bool) -> dict:
         h_ = h.clone().requires_grad_()
         nn.functional.cross_entropy(out(h_).reshape(-1, b.vocab), targets.reshape(-1)).backward()
 
-    def repeat(fn):
-        def go(n):
-            with torch.backends.mkldnn.flags(enabled=onednn):
-                for _ in range(n):
-                    fn()
-        return go
-
-    return {"layers": repeat(layers), "output": repeat(output),
-            "step": repeat(lambda: step_run(1))}
+    return {"layers": _torch_calls(layers, onednn), "output": _torch_calls(output, onednn),
+            "step": _torch_calls(lambda: step_run(1), onednn)}
 
 
 def _product_rates(b: run.Bench, rounds: int, min_seconds: float) -> dict:
@@ -144,30 +148,17 @@ def _product_rates(b: run.Bench, rounds: int, min_seconds: float) -> dict:
     out_fwd, out_dh, out_dw = (jax.jit(f) for f in (lambda h, w: h @ w, lambda g, w: g @ w.T,
                                                     lambda ht, g: ht @ g))
 
-    def jax_call(fn, *args):
-        def go(n):
-            for _ in range(n):
-                o = fn(*args)
-            jax.block_until_ready(o)
-        return go
-
-    def torch_call(fn):
-        def go(n):
-            for _ in range(n):
-                fn()
-        return go
-
     pairs = {
         f"recurrent loop, forward: T × [{b.batch}, {H}] @ [{H}, {4 * H}]":
-            (jax_call(fwd, j["w_h"], j["dz"]), torch_call(torch_fwd)),
+            (_jax_calls(fwd, j["w_h"], j["dz"]), _torch_calls(torch_fwd)),
         f"recurrent loop, backward: T × [{b.batch}, {4 * H}] @ [{4 * H}, {H}]":
-            (jax_call(bwd, j["w_h"], j["dz"]), torch_call(torch_bwd)),
+            (_jax_calls(bwd, j["w_h"], j["dz"]), _torch_calls(torch_bwd)),
         f"output layer h @ W: [{b.tokens}, {H}] @ [{H}, {b.vocab}]":
-            (jax_call(out_fwd, j["hs"], j["w_out"]), torch_call(lambda: t["hs"] @ t["w_out"])),
+            (_jax_calls(out_fwd, j["hs"], j["w_out"]), _torch_calls(lambda: t["hs"] @ t["w_out"])),
         "output layer dh = g @ Wᵀ":
-            (jax_call(out_dh, j["g"], j["w_out"]), torch_call(lambda: t["g"] @ t["w_out"].T)),
+            (_jax_calls(out_dh, j["g"], j["w_out"]), _torch_calls(lambda: t["g"] @ t["w_out"].T)),
         "output layer dW = hᵀ @ g (hᵀ materialized)":
-            (jax_call(out_dw, hs_t, j["g"]), torch_call(lambda: t["hs_t"] @ t["g"])),
+            (_jax_calls(out_dw, hs_t, j["g"]), _torch_calls(lambda: t["hs_t"] @ t["g"])),
     }
     gflop = {name: 2.0 * b.tokens * H * 4 * H / 1e9 for name in list(pairs)[:2]}
     gflop.update({name: 2.0 * b.tokens * H * b.vocab / 1e9 for name in list(pairs)[2:]})
