@@ -62,6 +62,18 @@ def test_torch_peer_can_be_left_out(bench, tmp_path):
     assert "pytorch" not in results["train"][0]["rates"]
 
 
+def test_on_a_cpu_backend_the_torch_peer_stays_on_the_cpu(bench, tiny_run):
+    import jax
+
+    results, text = tiny_run
+    if jax.default_backend() != "cpu":
+        pytest.skip("JAX runs on an accelerator here")
+    assert bench.TORCH_DEVICE == "cpu" and "- accelerator:" not in text
+    assert bench.parse_args(["--matmul-precision", "tf32"]).matmul_precision == "tf32"
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--matmul-precision", "bf16"])
+
+
 def _reimport_torch():
     try:
         import torch

@@ -8,6 +8,12 @@
     JAX_LM_TUNE_MALLOC=0 python experiments/bench/run.py  # glibc's malloc defaults
     python experiments/bench/breakdown.py                 # a step piece by piece, vs PyTorch
     python experiments/bench/ab.py HEAD~1                 # this tree against a git revision
+    python experiments/bench/run.py --quick --matmul-precision tf32   # GPU: allow TF32 in both
+
+On a GPU (JAX's default backend) everything but NumPy runs on it: PyTorch's peer moves to
+CUDA (and is left out, with a note, where its build has no CUDA), timers wait for the device
+(`block_until_ready`, `torch.cuda.synchronize`), and float32 matmuls are full float32 in
+both libraries unless `--matmul-precision tf32` lets both use TF32 tensor cores.
 
 Like `jax-lm`, the script re-executes itself with `jax_lm.allocator.TUNABLES` (glibc
 malloc settings that stop XLA:CPU from page-faulting its temporary buffers every step);
@@ -76,6 +82,14 @@ try:  # the PyTorch peer is optional: experiments/bench/requirements.txt
     import torch
 except ImportError:  # pragma: no cover - depends on the environment
     torch = None
+
+TORCH_DEVICE = "cpu"  # "cuda" when JAX runs on a GPU and PyTorch has CUDA (set by `main`)
+
+
+def torch_sync() -> None:
+    """Wait for PyTorch's queued GPU work (a no-op on CPU), as `block_until_ready` does."""
+    if TORCH_DEVICE == "cuda":
+        torch.cuda.synchronize()
 
 
 # ----------------------------------------------------------------------------- configs
@@ -327,10 +341,11 @@ def torch_train_and_eval(b: Bench):
             return self.out(self.drop(h)), carry
 
     torch.manual_seed(0)  # the peer's own initialisation; jax_lm never seeds globally
-    lm = TorchLM()
+    lm = TorchLM().to(TORCH_DEVICE)
     sgd = torch.optim.SGD(lm.parameters(), lr=1.0)
-    inputs, targets = (torch.from_numpy(a.T.copy()).long() for a in random_batch(b))
-    zeros = torch.zeros(b.layers, b.batch, b.hidden)
+    inputs, targets = (torch.from_numpy(a.T.copy()).long().to(TORCH_DEVICE)
+                       for a in random_batch(b))
+    zeros = torch.zeros(b.layers, b.batch, b.hidden, device=TORCH_DEVICE)
     carry0 = (zeros, zeros.clone()) if b.cell == "lstm" else zeros
     state = [carry0]
 
@@ -348,6 +363,7 @@ def torch_train_and_eval(b: Bench):
             nn.utils.clip_grad_norm_(lm.parameters(), 5.0)
             sgd.step()
         state[0] = detach(carry)
+        torch_sync()
 
     def run_eval(n):
         lm.eval()
@@ -357,6 +373,7 @@ def torch_train_and_eval(b: Bench):
                 logits, carry = lm(inputs, carry)
                 nn.functional.cross_entropy(logits.reshape(-1, b.vocab), targets.reshape(-1),
                                             reduction="sum")
+        torch_sync()
 
     return run_train, run_eval
 
@@ -370,11 +387,13 @@ def gemm_rate(m: int, k: int, n: int, times: int, use_torch: bool) -> float:
     a = rng.standard_normal((times, m, k), dtype=np.float32)
     w = rng.standard_normal((k, n), dtype=np.float32)
     if use_torch:
-        ta, tw, out = torch.from_numpy(a), torch.from_numpy(w), torch.empty(m, n)
+        ta, tw = torch.from_numpy(a).to(TORCH_DEVICE), torch.from_numpy(w).to(TORCH_DEVICE)
+        out = torch.empty(m, n, device=TORCH_DEVICE)
 
         def once():
             for i in range(times):
                 torch.mm(ta[i], tw, out=out)
+            torch_sync()
     else:
         products = jax.jit(lambda a, w: jax.lax.map(lambda x: x @ w, a))
         ja, jw = jnp.asarray(a), jnp.asarray(w)
@@ -567,8 +586,13 @@ def machine() -> dict:
     tunables = os.environ.get("GLIBC_TUNABLES", "")
     malloc = (f"GLIBC_TUNABLES={tunables}" if "glibc.malloc." in tunables
               else f"{platform.libc_ver()[0] or 'libc'} defaults")
+    accelerator = None
+    if jax.default_backend() != "cpu":
+        accelerator = f"{jax.devices()[0].device_kind} (JAX: {jax.default_backend()}; PyTorch: "
+        accelerator += (torch.cuda.get_device_name() if TORCH_DEVICE == "cuda" else
+                        "not on it, left out") + ")"
     return {"cpu": f"{cpu} ({isa})", "cores": os.cpu_count(), "commit": commit,
-            "versions": versions, "malloc": malloc,
+            "versions": versions, "malloc": malloc, "accelerator": accelerator,
             "torch_threads": torch.get_num_threads() if torch is not None else None}
 
 
@@ -587,6 +611,8 @@ def report(results: dict, info: dict, opts, elapsed: float) -> str:
              "- versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
              f"- malloc (one process, every implementation alike; `jax_lm.allocator`): "
              f"{info['malloc']}",
+             *([f"- accelerator: {info['accelerator']}; float32 matmuls: "
+                f"{opts.matmul_precision}"] if info["accelerator"] else []),
              f"- PyTorch threads: {info['torch_threads']}; rounds: {opts.rounds}, "
              f"≥ {opts.min_seconds} s each, alternating; wall time {elapsed / 60:.1f} min",
              "- numbers: median tokens/s over rounds (min–max); float32; GFLOP/s counts matmul "
@@ -674,6 +700,9 @@ def parse_args(argv=None):
     p.add_argument("--ablations", action="store_true",
                    help="also time jax_lm's LMConfig speed options at Zaremba small and medium")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch peer")
+    p.add_argument("--matmul-precision", choices=("float32", "tf32"), default="float32",
+                   help="on a GPU: full float32 matmuls in every library (default) or TF32 "
+                        "tensor cores in all (JAX 'tensorfloat32', PyTorch allow_tf32)")
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--min-seconds", type=float, default=None, help="least time per round")
     p.add_argument("--out", default=None,
@@ -687,11 +716,28 @@ def parse_args(argv=None):
     return opts
 
 
+def use_accelerator(opts) -> None:
+    """On a GPU: PyTorch's peer on CUDA (or none), one float32 matmul precision for all."""
+    global torch, TORCH_DEVICE
+    if jax.default_backend() == "cpu":
+        return
+    if torch is not None and not torch.cuda.is_available():
+        print(f"JAX runs on {jax.default_backend()}, this PyTorch build has no CUDA: "
+              "PyTorch's peer is left out.", file=sys.stderr)
+        torch = None
+    tf32 = opts.matmul_precision == "tf32"
+    jax.config.update("jax_default_matmul_precision", "tensorfloat32" if tf32 else "highest")
+    if torch is not None:
+        TORCH_DEVICE = "cuda"
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+
+
 def main(argv=None) -> dict:
     global torch
     opts = parse_args(argv)
     if opts.no_torch:
         torch = None
+    use_accelerator(opts)
     if torch is not None:
         torch.set_num_threads(os.cpu_count())
     only = {s for s in opts.only.split(",") if s}
