@@ -74,6 +74,14 @@ def test_on_a_cpu_backend_the_torch_peer_stays_on_the_cpu(bench, tiny_run):
         bench.parse_args(["--matmul-precision", "bf16"])
 
 
+def test_rows_without_a_ceiling_show_dashes_not_a_percentage(bench):
+    b = bench.tiny(bench.TRAIN[0])
+    result = {"bench": b, "rates": {"jax_lm": [100.0, 120.0]}, "flops_per_token": 2e6,
+              "ceiling": None}
+    assert bench._row(result).endswith("| — | — |")
+    assert bench._row({**result, "ceiling": 200.0}).endswith("| 200 | 55% |")
+
+
 def _reimport_torch():
     try:
         import torch

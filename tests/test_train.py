@@ -89,9 +89,9 @@ def test_interrupted_run_saves_and_resumes_exactly_with_the_epoch_metrics(
 
     real_batches = train.train_batches
 
-    def interrupted(config, corpus, start):
+    def interrupted(config, corpus, start):  # Ctrl-C while the loop fetches step 37's batch
         for i, batch in enumerate(real_batches(config, corpus, start)):
-            if i == 37:
+            if i == 37 + train.PREFETCH:  # the loop reads PREFETCH batches ahead
                 raise KeyboardInterrupt
             yield batch
 
@@ -290,3 +290,35 @@ def test_a_run_stopped_by_its_time_budget_resumes_to_the_uninterrupted_result(
     resumed = _run(_config(corpus_file, tmp_path), tmp_path / "cut", resume=True)
     assert resumed["step"] == whole["step"]
     assert resumed["valid_nll"] == whole["valid_nll"]  # the same best (end-of-epoch) params
+
+
+def _counted_batches(n):
+    """n distinct host batches, and a list recording how many have been read."""
+    read = []
+
+    def gen():
+        for i in range(n):
+            read.append(i)
+            ids = np.full((2, 3), i, np.int32)
+            yield batching.Batch(ids, ids + 1, np.ones((2, 3), np.float32), np.zeros(2, bool))
+
+    return gen(), read
+
+
+def test_prefetch_to_device_yields_the_same_batches_in_order_as_device_arrays():
+    batches, _ = _counted_batches(5)
+    out = list(train.prefetch_to_device(batches, size=2))
+    assert [int(b.inputs[0, 0]) for b in out] == [0, 1, 2, 3, 4]
+    assert all(isinstance(leaf, jax.Array) for b in out for leaf in b)
+    np.testing.assert_array_equal(out[3].targets, np.full((2, 3), 4))
+
+
+def test_prefetch_to_device_reads_at_most_size_batches_ahead():
+    batches, read = _counted_batches(10)
+    prefetched = train.prefetch_to_device(batches, size=2)
+    first = next(prefetched)
+    assert int(first.inputs[0, 0]) == 0 and len(read) == 3  # the one yielded + 2 ahead
+    next(prefetched)
+    assert len(read) == 4
+    with pytest.raises(ValueError, match="size"):
+        next(train.prefetch_to_device(iter([]), size=0))
