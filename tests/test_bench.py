@@ -38,6 +38,7 @@ def test_tiny_run_measures_every_section_and_writes_the_results_file(tiny_run):
         assert section in text
     for line in ("- commit:", "- machine:", "- versions:", "- command:"):
         assert line in text
+    assert "PARTIAL" not in text
     rates = [v for r in results["train"] + results["eval"] for v in r["rates"].values()]
     rates += list(results["sample"]["rates"].values()) + list(results["tutorial"]["rates"].values())
     assert all(rate > 0 for rs in rates for rate in rs)
@@ -80,6 +81,20 @@ def test_rows_without_a_ceiling_show_dashes_not_a_percentage(bench):
               "ceiling": None}
     assert bench._row(result).endswith("| — | — |")
     assert bench._row({**result, "ceiling": 200.0}).endswith("| 200 | 55% |")
+
+
+def test_a_run_cut_short_leaves_its_finished_tables_marked_partial(bench, tmp_path,
+                                                                    monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "bench_sample", interrupted)
+    monkeypatch.setattr(bench, "torch", bench.torch)  # --no-torch clears it; restored after
+    out = tmp_path / "bench.md"
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(["--tiny", "--no-torch", "--only", "small_rnn,sample", "--out", str(out)])
+    text = out.read_text()
+    assert "PARTIAL" in text and "| small_rnn |" in text and "## Sampling" not in text
 
 
 def _reimport_torch():

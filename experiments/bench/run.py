@@ -761,37 +761,53 @@ def main(argv=None) -> dict:
     rates_cache: dict = {}
     by_name = {b.name: b for b in TRAIN}
 
+    out = opts.out if opts.out is not None else (None if opts.tiny else str(
+        ROOT / "experiments" / "results" / f"bench-{info['date']}.md"))
+
     def say(msg):
         print(msg, file=sys.stderr, flush=True)
+
+    def render(done: bool) -> str:
+        """The report so far; also written after every section, so a run cut short (a
+        timeout, Ctrl-C) leaves the tables it finished, marked partial."""
+        info["load_after"] = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+        info["others"] = others.share()
+        info["busy"] = info["others"] is not None and info["others"] >= BUSY
+        text = report(results, info, opts, time.perf_counter() - start)
+        if not done:
+            text = text.replace("\n\n", "\n\n**PARTIAL: the run stopped before its last "
+                                "section; the tables below are the finished ones.**\n\n", 1)
+        if out and out != "-":
+            Path(out).write_text(text + "\n")
+        return text
 
     for b in TRAIN:
         if wanted("train", b.name):
             say(f"train {b.name} ...")
             results["train"].append(bench_train(shrink(b), opts, rates_cache))
+            render(done=False)
     for name in EVAL:
         if wanted("eval", name):
             say(f"eval {name} ...")
             results["eval"].append(bench_eval(shrink(by_name[name]), opts, rates_cache))
+            render(done=False)
     if wanted("sample"):
         say("sample ...")
         results["sample"] = bench_sample(shrink(by_name["zaremba_small"]), opts)
+        render(done=False)
     if wanted("tutorial_step"):
         say("tutorial_step ...")
         results["tutorial"] = bench_tutorial(opts)
+        render(done=False)
     if opts.ablations:
         results["ablations"] = []
         for name in HEADLINE:
             say(f"ablations {name} ...")
             results["ablations"].append(bench_ablations(shrink(by_name[name]), opts))
-    info["load_after"] = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    info["others"] = others.share()
-    info["busy"] = info["others"] is not None and info["others"] >= BUSY
-    text = report(results, info, opts, time.perf_counter() - start)
+            render(done=False)
+    text = render(done=True)
     print(text)
-    out = opts.out if opts.out is not None else (None if opts.tiny else str(
-        ROOT / "experiments" / "results" / f"bench-{info['date']}.md"))
     if out and out != "-":
-        Path(out).write_text(text + "\n")
         say(f"wrote {out}")
     return results
 
