@@ -105,7 +105,7 @@ def train_seeds(config: ml_collections.ConfigDict, seeds: list[int],
              f"{lm_config.num_layers}×{lm_config.hidden_size}, {per_epoch} steps/epoch")
     bar = train._progress(total_steps, 0, enabled=False)
 
-    batches = train.train_batches(config, corpus, 0)
+    batches = train.prefetch_to_device(train.train_batches(config, corpus, 0))
     window = None
     window_start, window_steps = time.perf_counter(), 0
     for step in range(1, total_steps + 1):
