@@ -4,12 +4,13 @@
                                      ▲                              │ every log_every steps
                                      └──── state ◀──────────────────┘ to the host: loss, tok/s
 
-Batches reach the device two steps ahead (`prefetch_to_device`), so their copy overlaps the
-running step. The pure core is `make_train_step` / `make_eval_step`; `train_and_evaluate` is the loop with
+The pure core is `make_train_step` / `make_eval_step`; `train_and_evaluate` is the loop with
 all side effects: the run folder, progress bar, validation, learning-rate rules,
-checkpoints, plots and samples. Everything a run does follows from its config and seed, and
-a resumed run continues bit for bit: batch k and the dropout key of step k are functions
-of k alone (`jax.random.fold_in(rng, k)`), and checkpoints hold the whole state.
+checkpoints, plots and samples. Batches reach the device two steps ahead
+(`prefetch_to_device`), so that their copy overlaps the running step. Everything a run
+does follows from its config and seed, and a resumed run continues bit for bit: batch k
+and the dropout key of step k are functions of k alone (`jax.random.fold_in(rng, k)`),
+and checkpoints hold the whole state.
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ from jax_lm.model import LMConfig, Params
 Array = jax.Array
 REGIMES = ("full", "truncated", "window")
 REDUCTIONS = ("token_mean", "batch_mean", "sum")
-PREFETCH = 2  # batches copied to the device ahead of the step that reads them
 LR_RULES = ("constant", "zaremba", "halve_when_loss_rises", "halve_when_likelihood_drops",
             "quarter_when_not_best")
+PREFETCH = 2  # batches copied to the device ahead of the step that reads them
 
 
 class TrainingError(RuntimeError):

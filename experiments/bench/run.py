@@ -775,8 +775,9 @@ def main(argv=None) -> dict:
         info["busy"] = info["others"] is not None and info["others"] >= BUSY
         text = report(results, info, opts, time.perf_counter() - start)
         if not done:
-            text = text.replace("\n\n", "\n\n**PARTIAL: the run stopped before its last "
-                                "section; the tables below are the finished ones.**\n\n", 1)
+            text = text.replace("\n\n", "\n\n**PARTIAL: written before the run's last section "
+                                "(still running, or cut short); the tables below are the finished "
+                                "ones.**\n\n", 1)
         if out and out != "-":
             Path(out).write_text(text + "\n")
         return text
