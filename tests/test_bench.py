@@ -121,6 +121,7 @@ def test_breakdown_runs_at_toy_size():
     spec.loader.exec_module(module)
     text = module.main(["--sizes", "tiny", "--rounds", "1", "--min-seconds", "0"])
     for line in ("| embedding + 2 LSTM layers, forward + backward |",
+                 "| embedding + 2 LSTM layers, forward only (no gradient) |",
                  "| training step (+ clip 5, SGD) |", "| output layer dh = g @ Wᵀ |"):
         assert line in text
 

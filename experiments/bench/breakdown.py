@@ -2,15 +2,16 @@
 
     python experiments/bench/breakdown.py                 # Zaremba small and medium
     python experiments/bench/breakdown.py --sizes small --rounds 9
+    python experiments/bench/breakdown.py --out experiments/results/breakdown-DATE.md
 
 Needs the PyTorch peer (experiments/bench/requirements.txt). One process, alternating
 rounds (`run.alternate`), float32, times in ms per call (median over rounds):
 
-- **pieces** of a Zaremba step (batch 20): the embedding + 2 LSTM layers forward and
-  backward (under a fixed random cotangent), the output layer + loss forward and backward
-  (gradients of W, b and h), and the whole training step (+ clip 5, SGD). PyTorch runs
-  each with oneDNN (its default on this CPU: `nn.LSTM` is oneDNN's fused LSTM primitive)
-  and without it (`torch.backends.mkldnn.flags(enabled=False)`).
+- **pieces** of a Zaremba step (batch 20): the embedding + 2 LSTM layers forward only (as
+  in evaluation) and forward and backward (under a fixed random cotangent), the output
+  layer + loss forward and backward (gradients of W, b and h), and the whole training
+  step (+ clip 5, SGD). PyTorch runs each with oneDNN (its default on this CPU: `nn.LSTM`
+  is oneDNN's fused LSTM primitive) and without it (`torch.backends.mkldnn.flags(enabled=False)`).
 - **products** in GFLOP/s: T steps of the recurrent product [B, H] @ [H, 4H] in a loop
   (forward) and of [B, 4H] @ [4H, H] (backward), and the output layer's three products.
 
@@ -20,6 +21,7 @@ Like run.py, it re-executes itself with `jax_lm.allocator.TUNABLES`.
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import statistics
 import sys
@@ -83,10 +85,11 @@ def _jax_pieces(b: run.Bench) -> dict:
         logits = model.output_logits(p, h, config=config)
         return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
 
+    layers_fwd = jax.jit(lambda p: model.hidden_states(p, inputs, carry, config=config)[0])
     layers_grad = jax.jit(jax.grad(layers))
     output_grad = jax.jit(jax.grad(output, argnums=(0, 1)))
-    return {"layers": _jax_calls(layers_grad, params), "output": _jax_calls(output_grad, params, h),
-            "step": run.jax_lm_train(b)}
+    return {"layers_fwd": _jax_calls(layers_fwd, params), "layers": _jax_calls(layers_grad, params),
+            "output": _jax_calls(output_grad, params, h), "step": run.jax_lm_train(b)}
 
 
 def _torch_pieces(b: run.Bench, onednn: bool) -> dict:
@@ -100,6 +103,10 @@ def _torch_pieces(b: run.Bench, onednn: bool) -> dict:
     h = torch.from_numpy(rng.standard_normal((b.steps, b.batch, b.hidden), np.float32))
     step_run = run.torch_train_and_eval(b)[0]
 
+    def layers_fwd():
+        with torch.no_grad():
+            lstm(embed(inputs))
+
     def layers():
         (lstm(embed(inputs))[0] * d_h).sum().backward()
 
@@ -107,7 +114,8 @@ def _torch_pieces(b: run.Bench, onednn: bool) -> dict:
         h_ = h.clone().requires_grad_()
         nn.functional.cross_entropy(out(h_).reshape(-1, b.vocab), targets.reshape(-1)).backward()
 
-    return {"layers": _torch_calls(layers, onednn), "output": _torch_calls(output, onednn),
+    return {"layers_fwd": _torch_calls(layers_fwd, onednn), "layers": _torch_calls(layers, onednn),
+            "output": _torch_calls(output, onednn),
             "step": _torch_calls(lambda: step_run(1), onednn)}
 
 
@@ -173,7 +181,8 @@ def breakdown(size: str, rounds: int, min_seconds: float) -> str:
     b = SIZES[size]
     jax_runs = _jax_pieces(b)
     torch_runs = {on: _torch_pieces(b, on) for on in (True, False)}
-    labels = {"layers": "embedding + 2 LSTM layers, forward + backward",
+    labels = {"layers_fwd": "embedding + 2 LSTM layers, forward only (no gradient)",
+              "layers": "embedding + 2 LSTM layers, forward + backward",
               "output": "output layer + loss, forward + backward (dW, db, dh)",
               "step": "training step (+ clip 5, SGD)"}
     lines = [f"### {b.name} (batch {b.batch}, unroll {b.steps}): ms per call", "",
@@ -194,16 +203,24 @@ def main(argv=None) -> str:
     p.add_argument("--sizes", default="small,medium", help="comma-separated: small, medium, tiny")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--min-seconds", type=float, default=1.0, help="least time per round")
+    p.add_argument("--out", type=Path, help="also write the record (with its command) here")
     opts = p.parse_args(argv)
     if torch is None:
         raise SystemExit("breakdown.py compares with PyTorch: pip install -r "
                          "experiments/bench/requirements.txt")
     torch.set_num_threads(os.cpu_count())
     info = run.machine()
-    text = "\n".join([f"# Where the time goes ({info['cpu']}, {info['cores']} cores, commit "
-                      f"{info['commit']}, malloc: {info['malloc']})", ""]
-                     + [breakdown(s, opts.rounds, opts.min_seconds) for s in opts.sizes.split(",")])
+    command = " ".join(["python experiments/bench/breakdown.py", *(sys.argv[1:] if argv is None else argv)])
+    header = [f"# Where the time goes ({info['cpu']}, {info['cores']} cores, commit "
+              f"{info['commit']}, malloc: {info['malloc']})", "",
+              f"- command: `{command}` ({opts.rounds} rounds of ≥ {opts.min_seconds:g} s, "
+              f"alternating), {datetime.date.today().isoformat()}",
+              "- versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()), ""]
+    text = "\n".join(header + [breakdown(s, opts.rounds, opts.min_seconds)
+                               for s in opts.sizes.split(",")])
     print(text)
+    if opts.out:
+        opts.out.write_text(text)
     return text
 
 
