@@ -105,6 +105,24 @@ def _reimport_torch():
     return torch
 
 
+def test_rounds_time_steady_calls_not_the_first_call_after_a_switch(bench, monkeypatch):
+    """A call right after another implementation ran costs 10 fake seconds, any other 1: each
+    round's untimed first call absorbs the switch, so every rate is 1 call per second."""
+    clock, last = [0.0], [None]
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+
+    def implementation(name):
+        def run(n):
+            for _ in range(n):
+                clock[0] += 10.0 if last[0] != name else 1.0
+                last[0] = name
+        return run
+
+    rates = bench.alternate({"a": implementation("a"), "b": implementation("b")}, units=1.0,
+                            rounds=3, min_seconds=2.0)
+    assert rates == {"a": [1.0] * 3, "b": [1.0] * 3}
+
+
 @pytest.mark.parametrize("name, mflop", [("zaremba_small", 15.8), ("zaremba_medium", 79.6)])
 def test_flops_per_training_token_match_the_perf_notes(bench, name, mflop):
     config = {b.name: b for b in bench.TRAIN}[name]

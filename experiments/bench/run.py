@@ -35,7 +35,8 @@ What is measured (all float32 unless said otherwise; one process):
 
 Method: every implementation is compiled and warmed up, then timed in rounds that
 alternate between implementations (the order rotates each round), so that load from other
-processes on the machine falls on all of them alike; a round runs enough steps to last
+processes on the machine falls on all of them alike; a round starts with one untimed call
+(the first call after a switch can be slower) and then runs enough steps to last
 `min_seconds`. The tables give the median over rounds and the range (min–max).
 
 FLOPs count the matmuls only (2·m·k·n each; a training step is the forward matmuls plus
@@ -162,6 +163,10 @@ def alternate(runs: dict[str, Callable[[int], None]], units: float, rounds: int,
 
     `run(n)` performs n calls and waits for their results; each yields `units` (tokens,
     steps). The first call compiles; one more calibrates how many calls fill a round.
+    Each round starts with one untimed call: the first call after another implementation
+    ran can be slower than the next ones (measured per call at Zaremba medium: PyTorch
+    +36 ms over 248, flax +270 ms over 408; char: flax +500 ms over 1,165), and a training
+    run never switches, so the rates are those of back-to-back steps.
     """
     calls = {}
     for name, run in runs.items():
@@ -173,6 +178,7 @@ def alternate(runs: dict[str, Callable[[int], None]], units: float, rounds: int,
     order = list(runs)
     for r in range(rounds):
         for name in order[r % len(order):] + order[: r % len(order)]:
+            runs[name](1)                                              # untimed: warm-up
             start = time.perf_counter()
             runs[name](calls[name])
             rates[name].append(units * calls[name] / (time.perf_counter() - start))
