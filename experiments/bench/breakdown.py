@@ -11,7 +11,8 @@ rounds (`run.alternate`), float32, times in ms per call (median over rounds):
   in evaluation) and forward and backward (under a fixed random cotangent), the output
   layer + loss forward and backward (gradients of W, b and h), and the whole training
   step (+ clip 5, SGD). PyTorch runs each with oneDNN (its default on this CPU: `nn.LSTM`
-  is oneDNN's fused LSTM primitive) and without it (`torch.backends.mkldnn.flags(enabled=False)`).
+  is oneDNN's fused LSTM primitive) and without it
+  (`torch.backends.mkldnn.flags(enabled=False)`).
 - **products** in GFLOP/s: T steps of the recurrent product [B, H] @ [H, 4H] in a loop
   (forward) and of [B, 4H] @ [4H, H] (backward), and the output layer's three products.
 
@@ -210,7 +211,8 @@ def main(argv=None) -> str:
                          "experiments/bench/requirements.txt")
     torch.set_num_threads(os.cpu_count())
     info = run.machine()
-    command = " ".join(["python experiments/bench/breakdown.py", *(sys.argv[1:] if argv is None else argv)])
+    args = sys.argv[1:] if argv is None else argv
+    command = " ".join(["python experiments/bench/breakdown.py", *args])
     header = [f"# Where the time goes ({info['cpu']}, {info['cores']} cores, commit "
               f"{info['commit']}, malloc: {info['malloc']})", "",
               f"- command: `{command}` ({opts.rounds} rounds of ≥ {opts.min_seconds:g} s, "
