@@ -59,3 +59,13 @@ def reexec_with_tuned_malloc() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, sys.orig_argv, environ)
+
+
+def describe(environ: Mapping[str, str] | None = None) -> str:
+    """For the startup line: whether this process runs with `TUNABLES`."""
+    environ = os.environ if environ is None else environ
+    if TUNABLES in environ.get("GLIBC_TUNABLES", ""):
+        return f"tuned ({OPT_OUT}=0 for glibc's defaults)"
+    if environ.get(OPT_OUT) == "0":
+        return f"glibc defaults ({OPT_OUT}=0)"
+    return "defaults"

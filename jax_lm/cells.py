@@ -12,7 +12,7 @@ or passed as a static argument to `jax.jit`) whose methods are pure functions:
 Every cell keeps its input weights in `w_x [I, G·H]` and optional bias `b [G·H]`, with the
 G gate blocks side by side, so the input projection `project(params, x) = x @ w_x + b` is
 shared by all cells. `unroll` applies it to a whole sequence as one big matmul before
-`jax.lax.scan`; only `h @ w_h` stays inside the scan (see PERF-NOTES: the per-step
+`jax.lax.scan`; only `h @ w_h` stays inside the scan (the per-step
 matmuls have B rows and run at half the GEMM rate).
 
 A step is split in two: the recurrent matmul hw_t = h_{t-1} @ w_h [B, G·H], and
@@ -93,16 +93,26 @@ class LSTMState(NamedTuple):
     cell: Array
 
 
+def lead(v: Array, ndim: int) -> Array:
+    """`v` with leading size-1 axes up to `ndim` axes (a bias [F] -> [1, …, 1, F]).
+
+    NumPy's implicit rank promotion made explicit, so that code runs under
+    ``jax_numpy_rank_promotion="raise"``; it is the reshape jnp would insert, so nothing
+    computed changes.
+    """
+    return jnp.expand_dims(v, tuple(range(ndim - jnp.ndim(v))))
+
+
 def project(params: Params, x: Array) -> Array:
     """Input projection x @ w_x + b: [..., I] -> [..., G·H]; hoisted out of the scan."""
     xw = x @ params["w_x"]
-    return xw + params["b"] if "b" in params else xw
+    return xw + lead(params["b"], xw.ndim) if "b" in params else xw
 
 
 def project_ids(params: Params, ids: Array) -> Array:
     """`project` of one-hot inputs given as integer ids [...]: a row gather of w_x."""
     xw = jnp.take(params["w_x"], ids, axis=0)
-    return xw + params["b"] if "b" in params else xw
+    return xw + lead(params["b"], xw.ndim) if "b" in params else xw
 
 
 def _batch_shape(batch_size: int | tuple[int, ...]) -> tuple[int, ...]:
@@ -248,7 +258,7 @@ class LSTM(_Cell):
         """The gates from z = xw_t + hw_t [B, G·H] (class docstring); reads only peepholes."""
         c = carry.cell  # (B, H)
         z = dict(zip(self.GATES, jnp.split(xw_t + hw_t, len(self.GATES), axis=-1)))
-        peep = params.get("peep", {})
+        peep = {gate: lead(w, c.ndim) for gate, w in params.get("peep", {}).items()}
         sigma, phi = _activation(self.gate_fn), _activation(self.activation)
 
         i = sigma(z["i"] + peep["i"] * c if self.peepholes else z["i"])
@@ -307,7 +317,7 @@ class GRU(_Cell):
         x_r, x_z, x_n = jnp.split(xw_t, 3, axis=-1)
         h_r, h_z, h_n = jnp.split(hw_t, 3, axis=-1)
         if "b_hn" in params:
-            h_n = h_n + params["b_hn"]
+            h_n = h_n + lead(params["b_hn"], h_n.ndim)
         r = jax.nn.sigmoid(x_r + h_r)
         z = jax.nn.sigmoid(x_z + h_z)
         n = jnp.tanh(x_n + r * h_n)

@@ -1,22 +1,30 @@
 """The command line: ``jax-lm COMMAND …`` or ``python -m jax_lm COMMAND …``.
 
 Each command is a small function ``(args) -> exit code`` registered by ``_add_<command>``;
-the parser rejects unknown commands and flags. A data problem (`DataError`) prints one line,
-``jax-lm: error: …``, and exits with status 1.
+the parser rejects unknown commands and flags. Every user error (config, data, files,
+permissions, disk, memory, a damaged checkpoint) prints one line, ``jax-lm: error: …``,
+and exits with status 1; ``--debug`` (or ``JAX_LM_DEBUG=1``) shows the traceback instead.
+SIGINT / SIGTERM print one line and exit with 130 / 143.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import errno
+import os
 import sys
+import time
 from collections.abc import Sequence
-
 from pathlib import Path
 
 from jax_lm.checkpoint import CheckpointError
 from jax_lm.config import ConfigError
-from jax_lm.data import DataError, Tokenizer, load_corpus
+from jax_lm.data import DataError
+from jax_lm.rundir import RunFolderError
 from jax_lm.train import TrainingError
+
+USER_ERRORS = (DataError, ConfigError, TrainingError, CheckpointError, RunFolderError)
 
 
 def _optional(token: str) -> str | None:
@@ -33,11 +41,13 @@ def _add_stats(commands) -> None:
     p.add_argument(
         "source",
         help="a text file (90/10 train/valid split by characters), a folder with train.txt "
-        "[valid.txt test.txt], a hub name (tiny_shakespeare, ptb_text_only, wikitext-2, …, "
-        "or hub:owner/name[:config]), or 'default' (CPython's pydoc topics, offline)",
+        "[valid.txt test.txt], a hub "
+        "name (tiny_shakespeare, ptb_text_only, wikitext-2, …, or hub:owner/name[:config]), "
+        "or 'default' (CPython's pydoc topics, offline)",
     )
     p.add_argument(
-        "--level", default="word", metavar="{char,word}", help="token level (default: word)"
+        "--level", default=None, metavar="{char,word}",
+        help="token level (default: the base config's data.level, char, as 'jax-lm train')"
     )
     p.add_argument(
         "--split",
@@ -53,7 +63,7 @@ def _add_stats(commands) -> None:
         "--eos",
         type=_optional,
         default=argparse.SUPPRESS,
-        help="token after each line (default: <eos> for word level, none for char; '' for none)",
+        help="token after each line (default: none, as 'jax-lm train'; PTB uses <eos>)",
     )
     p.add_argument(
         "--unk",
@@ -90,12 +100,16 @@ def _add_stats(commands) -> None:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    overrides = {"split": args.split, "lowercase": args.lowercase, "bos": args.bos}
-    if "eos" in args:
-        overrides["eos"] = args.eos
-    corpus = load_corpus(
+    from jax_lm import data
+    from jax_lm.config import get_config
+
+    base = get_config().data  # the same defaults as `jax-lm train`
+    level = args.level or base.level
+    overrides = {"split": args.split, "lowercase": args.lowercase, "bos": args.bos,
+                 "eos": getattr(args, "eos", base.eos or None)}
+    corpus = data.load_corpus(
         args.source,
-        Tokenizer.for_level(args.level, **overrides),
+        data.Tokenizer(level=level, **overrides),
         vocab=args.vocab,
         max_vocab=args.max_vocab,
         min_count=args.min_count,
@@ -109,7 +123,7 @@ def _stats(args: argparse.Namespace) -> int:
         vocab.save(args.save_vocab)
     rows = [
         ("source", corpus.source),
-        ("level", args.level),
+        ("level", level),
         ("vocab_size", str(vocab.size)),
         ("vocab_fingerprint", vocab.fingerprint()[:16]),
     ]
@@ -126,36 +140,37 @@ def _add_train(commands) -> None:
     p = commands.add_parser(
         "train", help="train a model (default: a small char LSTM on the embedded corpus)",
         description="Train as a config says. Override any field with --config.<path>=<value>, "
-        "e.g. --config.model.hidden_size=650; unknown keys are rejected.")
+        "e.g. --config.model.hidden_size=650; unknown keys are rejected. SIGINT/SIGTERM save a "
+        "checkpoint and exit (130/143); --resume continues exactly where the run stopped.")
     p.add_argument("--config", dest="config_file", default=None, metavar="NAME_OR_PATH",
-                   help="experiments/configs/<NAME>.py or a path to a config file (default: base)")
+                   help="a shipped config (see 'jax-lm configs') or a path to a config file "
+                   "(default: base)")
     p.add_argument("--workdir", default=None,
                    help="run folder (default: runs/<config>-<date>-<time>)")
     p.add_argument("--resume", default=None, metavar="RUN_DIR",
-                   help="continue the run in RUN_DIR from its latest checkpoint")
+                   help="continue the run in RUN_DIR from its latest checkpoint (overrides "
+                   "given with it, e.g. a larger train.time_budget_minutes, apply from there)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=_train, takes_overrides=True)
 
 
 def _train(args: argparse.Namespace) -> int:
-    import time as _time
-
     from jax_lm import config as config_lib
-    from jax_lm import train
+    from jax_lm import fit, runs
 
     if args.resume:
+        if args.config_file or args.workdir:
+            raise ConfigError("--resume continues the run as its config.json says; give "
+                              "--config.<field>=<value> overrides, not --config or --workdir")
+        config = runs.read_config(args.resume)
         run_dir = args.resume
-        config = config_lib.from_json((Path(run_dir) / "config.json").read_text()) if (
-            Path(run_dir) / "config.json").is_file() else None
-        if config is None:
-            raise train.TrainingError(f"nothing to resume in {run_dir}: no config.json")
     else:
         config = config_lib.load_config(args.config_file)
         name = Path(args.config_file).stem if args.config_file else "base"
-        run_dir = args.workdir or f"runs/{name}-{_time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = args.workdir or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     config_lib.apply_overrides(config, args.overrides)
-    train.train_and_evaluate(config, run_dir, resume=bool(args.resume),
-                             progress=not args.no_progress)
+    resolved = config_lib.resolve(config)  # every check before any file is touched
+    fit.fit(resolved, run_dir, resume=bool(args.resume), progress=not args.no_progress)
     return 0
 
 
@@ -178,26 +193,35 @@ def _add_eval(commands) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from jax_lm import train
+    from jax_lm import pipeline, runs, train
 
-    run = train.load_run(args.run_dir, args.checkpoint)
-    corpus = train.load_run_corpus(run.config, run.vocab)
+    if args.quality < 0 or args.num_tokens < 1:
+        raise ConfigError("--quality must be ≥ 0 and --num-tokens ≥ 1")
+    run = runs.load_run(args.run_dir, args.checkpoint)
+    corpus = pipeline.load_run_corpus(run.config, run.vocab)
     if args.split not in corpus.splits:
         raise DataError(f"the corpus has no {args.split!r} split; it has {sorted(corpus.splits)}")
     scores = train.evaluate(run.params, run.lm_config,
-                            train.eval_batches(run.config, corpus, args.split))
+                            pipeline.eval_batches(run.config, corpus, args.split))
     unit = "char" if run.config.data.level == "char" else "token"
-    print(f"{args.split}: {scores['tokens']} tokens, nll {scores['nll']:.4f} nats/{unit}, "
-          f"perplexity {scores['ppl']:.3f}, {scores['bits']:.4f} bits/{unit}")
+    print(f"{args.split}: {scores['tokens']} tokens, nll {_num(scores['nll'], '.4f')} "
+          f"nats/{unit}, perplexity {_num(scores['ppl'], '.3f')}, "
+          f"{_num(scores['bits'], '.4f')} bits/{unit}")
     if args.quality:
         from jax_lm import metrics
 
-        samples = train.generate_token_samples(run, num_samples=args.quality,
-                                               num_tokens=args.num_tokens)
+        samples = runs.generate_token_samples(run, num_samples=args.quality,
+                                              num_tokens=args.num_tokens)
         report = metrics.quality_report(samples, corpus.splits["train"], corpus.splits[args.split])
         for key, value in report.items():
             print(f"  {key:<24} {value:.4f}" if isinstance(value, float) else f"  {key:<24} {value}")
     return 0
+
+
+def _num(value: float, spec: str) -> str:
+    from jax_lm.callbacks import fmt
+
+    return fmt(value, spec)
 
 
 def _add_sample(commands) -> None:
@@ -225,22 +249,30 @@ def _add_sample(commands) -> None:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from jax_lm import train
+    from jax_lm import config as config_lib
+    from jax_lm import runs
 
-    run = train.load_run(args.run_dir, args.checkpoint)
-    s = run.config.sample
-    for field in ("prime", "num_tokens", "temperature", "top_k", "top_p"):
-        if getattr(args, field) is not None:
-            s[field] = getattr(args, field)
-    s.greedy = s.greedy or args.greedy
-    s.resample_once = s.resample_once or args.resample_once
-    s.num_samples = args.num_samples
+    config = runs.read_config(args.run_dir)
+    options = {f"sample.{k}": str(getattr(args, k)) for k in
+               ("prime", "num_tokens", "temperature", "top_k", "top_p")
+               if getattr(args, k) is not None}
+    options["sample.num_samples"] = str(args.num_samples)
+    if args.greedy:
+        options["sample.greedy"] = "true"
+    if args.resample_once:
+        options["sample.resample_once"] = "true"
+    config_lib.apply_overrides(config, options)
+    sample_options = config_lib.resolve(config).sample  # checked before anything is loaded
+    if args.sentences < 0 or args.min_length < 0 or args.max_length < 1:
+        raise ConfigError("--sentences and --min-length must be ≥ 0, --max-length ≥ 1")
+    run = runs.load_run(args.run_dir, args.checkpoint)
+    run = run._replace(config=dataclasses.replace(run.config, sample=sample_options))
     if args.sentences:
-        for text in train.sample_sentence_texts(run, args.sentences, min_length=args.min_length,
-                                                max_length=args.max_length, seed=args.seed):
+        for text in runs.sample_sentence_texts(run, args.sentences, min_length=args.min_length,
+                                               max_length=args.max_length, seed=args.seed):
             print(text)
         return 0
-    for text in train.sample_texts(run, seed=args.seed):
+    for text in runs.sample_texts(run, seed=args.seed):
         print(text)
         print()
     return 0
@@ -250,15 +282,16 @@ def _add_sweep(commands) -> None:
     p = commands.add_parser(
         "sweep", help="run a grid of configs and tabulate the results",
         description="Run every point of a sweep file's get_sweep() grid (skipping finished "
-        "runs), then write results.md (mean ± std over seeds) and results.png.")
+        "runs), then write results.md (mean ± std over seeds) and results.png. "
+        "--config.<field>=<value> overrides apply to every point (before the grid's own).")
     p.add_argument("sweep", metavar="NAME_OR_PATH",
-                   help="experiments/configs/<NAME>.py or a path; it defines get_config() "
-                   "and get_sweep()")
+                   help="a shipped sweep (see 'jax-lm configs') or a path; it defines "
+                   "get_config() and get_sweep()")
     p.add_argument("--workdir", default=None, help="sweep folder (default: runs/<name>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--vmap-seeds", action="store_true",
                    help="train the points that differ only in seed together (jax.vmap)")
-    p.set_defaults(run=_sweep)
+    p.set_defaults(run=_sweep, takes_overrides=True)
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -266,18 +299,41 @@ def _sweep(args: argparse.Namespace) -> int:
 
     workdir = args.workdir or f"runs/{Path(args.sweep).stem}"
     sweep.run_sweep(args.sweep, workdir, progress=not args.no_progress,
-                    vmap_seeds=args.vmap_seeds)
+                    vmap_seeds=args.vmap_seeds, overrides=args.overrides)
+    return 0
+
+
+def _add_configs(commands) -> None:
+    p = commands.add_parser("configs", help="list the shipped configs and sweeps",
+                            description="List the configs that ship with jax_lm (use them "
+                            "with 'jax-lm train --config NAME' or 'jax-lm sweep NAME').")
+    p.set_defaults(run=_configs)
+
+
+def _configs(args: argparse.Namespace) -> int:
+    from jax_lm import config as config_lib
+
+    entries = config_lib.list_configs()
+    width = max(len(entry[0]) for entry in entries)
+    for name, purpose, *rest in entries:
+        print(f"{name:<{width}}  {purpose}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jax-lm", description="Recurrent language models in JAX.")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error (also: JAX_LM_DEBUG=1)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(commands)
     _add_eval(commands)
     _add_sample(commands)
     _add_sweep(commands)
     _add_stats(commands)
+    _add_configs(commands)
+    for sub in commands.choices.values():
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                         help="show the traceback of an error (also: JAX_LM_DEBUG=1)")
     return parser
 
 
@@ -287,29 +343,65 @@ def _split_overrides(extra: list[str]) -> dict[str, str]:
     while i < len(extra):
         arg = extra[i]
         if not arg.startswith("--config."):
-            raise SystemExit(f"jax-lm: error: unrecognized argument {arg!r}")
+            raise ConfigError(f"unrecognized argument {arg!r} (overrides are written "
+                              "--config.<field>=<value>)")
         key, eq, value = arg[len("--config."):].partition("=")
         if not eq:
             if i + 1 >= len(extra):
-                raise SystemExit(f"jax-lm: error: {arg} needs a value")
+                raise ConfigError(f"{arg} needs a value")
             value, i = extra[i + 1], i + 1
         overrides[key] = value
         i += 1
     return overrides
 
 
+def describe_error(err: BaseException) -> str | None:
+    """One sentence for an error a user can act on; None for a bug (show the traceback)."""
+    if isinstance(err, USER_ERRORS):
+        return str(err)
+    if isinstance(err, OSError):
+        where = f": {err.filename}" if err.filename else ""
+        if err.errno == errno.ENOSPC:
+            return f"the disk is full{where}; free space and resume (nothing saved was lost)"
+        if err.errno in (errno.EACCES, errno.EPERM):
+            return f"permission denied{where}; choose a folder you can write or fix its rights"
+        if err.errno == errno.EROFS:
+            return f"read-only file system{where}; choose a writable --workdir"
+        return f"{err.strerror or err}{where}"
+    if isinstance(err, MemoryError):
+        return ("out of memory; lower model.hidden_size, model.num_layers or data.batch_size")
+    text = str(err)
+    if "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "out of memory" in text:
+        return ("the device ran out of memory; lower model.hidden_size, model.num_layers or "
+                "data.batch_size")
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs one command; returns the process exit status."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    debug = getattr(args, "debug", False) or os.environ.get("JAX_LM_DEBUG", "") not in ("", "0")
     if extra and not getattr(args, "takes_overrides", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    args.overrides = _split_overrides(extra)
-    import datasets
-
-    datasets.disable_progress_bars()  # the command prints its own summary
     try:
+        args.overrides = _split_overrides(extra)
+        import datasets
+
+        datasets.disable_progress_bars()  # the command prints its own summary
         return args.run(args)
-    except (DataError, ConfigError, TrainingError, CheckpointError) as err:
-        print(f"jax-lm: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt as err:  # fit.Interrupted carries the step and the exit code
+        if debug:
+            raise
+        print(f"\njax-lm: {err or 'interrupted'}", file=sys.stderr)
+        return getattr(err, "exit_code", 130)
+    except Exception as err:  # noqa: BLE001 - every failure ends in one sentence
+        if debug:
+            raise
+        message = describe_error(err)
+        if message is None:
+            first = (str(err).strip().splitlines() or [""])[0][:300]
+            message = (f"unexpected {type(err).__name__}: {first} (run again with --debug for "
+                       "the traceback, and please report it)")
+        print("jax-lm: error: " + " ".join(message.split("\n")), file=sys.stderr)
         return 1

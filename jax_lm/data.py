@@ -19,6 +19,10 @@ Sources (`resolve_source`):
     * ``"default"``: CPython's own ``pydoc_data.topics`` reference text, so that everything
       works offline with no data at all (its numbers vary with the Python version).
 
+    The CLI takes the source as ``--config.data.source=...`` (``jax-lm stats SOURCE``). The
+    experiment configs read the real corpora (``ptb/``, ``tinyshakespeare/``) from
+    `shared_data_dir`: ``$JAX_LM_DATA_DIR``, else the checkout's ``shared/data``, else ``./data``.
+
 Lines. Every split is read as ``"\\n"``-terminated lines (the final line may lack its newline;
 ``"\\r\\n"`` and ``"\\r"`` read as ``"\\n"``, as in Python's text mode). At word level each
 line gives its words, framed by ``bos``/``eos`` when those are set (PTB: ``eos="<eos>"``, one
@@ -373,11 +377,41 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("JAX_LM_CACHE_DIR") or Path.home() / ".cache" / "jax_lm")
 
 
+def _checkout_data_dir() -> Path:
+    """Where a source checkout keeps the real corpora: ``shared/data`` beside the repository
+    (which may not exist, and after a non-editable install points nowhere useful)."""
+    return Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
 def shared_data_dir() -> Path:
-    """The real corpora (ptb/, tinyshakespeare/, ...): ``$JAX_LM_DATA_DIR``, else the
-    ``shared/data`` folder beside this repository's checkout. Read in place, never copied."""
-    return Path(os.environ.get("JAX_LM_DATA_DIR")
-                or Path(__file__).resolve().parents[2] / "shared" / "data")
+    """The folder of real corpora (ptb/, tinyshakespeare/, ...) that the experiment configs
+    read, in place, never copied: ``$JAX_LM_DATA_DIR`` if set; else the ``shared/data`` folder
+    beside this repository's checkout, if it exists; else ``./data`` in the current folder."""
+    value = os.environ.get("JAX_LM_DATA_DIR")
+    if value:
+        return Path(value).expanduser()
+    checkout = _checkout_data_dir()
+    if checkout.is_dir():
+        return checkout
+    return Path.cwd() / "data"
+
+
+def _data_dir_note() -> str:
+    """``JAX_LM_DATA_DIR``'s value, or the folder used in its place, for messages."""
+    value = os.environ.get("JAX_LM_DATA_DIR")
+    if value:
+        return f"JAX_LM_DATA_DIR={value}"
+    return f"JAX_LM_DATA_DIR is unset, so {shared_data_dir()}"
+
+
+def _source_hint() -> str:
+    """The end of every "no such data" message: where data comes from and what sets it."""
+    return (
+        "data comes from --config.data.source=... (jax-lm stats: its SOURCE argument), which is "
+        "a text file, a folder with train.txt, 'default', a hub name (such as tiny_shakespeare "
+        "or wikitext-2, or hub:owner/name), and the experiment configs read their "
+        f"corpora (ptb/, tinyshakespeare/) from the data folder ({_data_dir_note()})"
+    )
 
 
 def default_corpus_text() -> str:
@@ -397,7 +431,10 @@ def _folder_files(folder: Path) -> dict[str, tuple[Path, ...]] | Path:
     texts = sorted(folder.glob("*.txt"))
     if len(texts) == 1:
         return texts[0]
-    raise DataError(f"folder {folder} has no train.txt (and not exactly one .txt file to split)")
+    raise DataError(
+        f"folder {folder} has no train.txt (and not exactly one .txt file to split); "
+        + _source_hint()
+    )
 
 
 def resolve_source(
@@ -447,10 +484,7 @@ def resolve_source(
         return Source(name, files=tuple(found.items()))
     if path.is_file():
         return Source(name, file=path, train_fraction=train_fraction)
-    raise DataError(
-        f"no such file or folder: {name!r} (a source is a text file, a folder with train.txt, "
-        f"'default', a hub name such as {', '.join(HUB_DATASETS)}, or hub:owner/name)"
-    )
+    raise DataError(f"no such file or folder: {name!r}; " + _source_hint())
 
 
 def check_text_file(
@@ -462,7 +496,7 @@ def check_text_file(
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"no such file: {path}")
+        raise DataError(f"no such file: {path}; " + _source_hint())
     if path.stat().st_size == 0:
         raise DataError(f"file is empty: {path}")
     if errors != "strict":
@@ -479,8 +513,9 @@ def check_text_file(
                 # err.start counts from the held-back bytes, which precede this chunk
                 at = offset - pending + err.start
                 raise DataError(
-                    f"{path} is not valid UTF-8: {err.reason} at byte offset {at} "
-                    "(errors='replace' replaces bad bytes)"
+                    f"{path} is not valid UTF-8: {err.reason} at byte offset {at}; to read bad "
+                    "bytes as U+FFFD set --config.data.errors=replace (jax-lm stats: "
+                    "--errors replace, Python: errors='replace')"
                 ) from None
             if not chunk:
                 return
@@ -589,12 +624,14 @@ def _load_hub_lines(source: Source, *, cache_dir: Path) -> dict[str, Any]:
         )
     except ConnectionError:
         raise DataError(
-            f"cannot download hub dataset {source.name!r} (offline or no network); use local files "
-            "instead: a text file, or a folder with train.txt/valid.txt/test.txt, as SOURCE"
+            f"cannot download hub dataset {source.name!r} (offline or no network), so use local "
+            "files instead (a text file, or a folder with train.txt/valid.txt/test.txt); "
+            + _source_hint()
         ) from None
     except datasets.exceptions.DatasetNotFoundError:
         raise DataError(
-            f"hub dataset {hub.path!r} not found; check the name, or use local text files"
+            f"hub dataset {hub.path!r} not found, so check the name or use local text files; "
+            + _source_hint()
         ) from None
     lines = {}
     for ours, theirs in hub.splits:
@@ -692,12 +729,15 @@ def load_corpus(
     """
     tokenizer = level if isinstance(level, Tokenizer) else Tokenizer.for_level(level)
     if errors not in ("strict", "replace"):
-        raise DataError(f"unknown errors mode {errors!r}: choose 'strict' or 'replace'")
+        raise DataError(
+            f"unknown errors mode {errors!r}: choose 'strict' or 'replace' "
+            "(--config.data.errors=..., jax-lm stats: --errors ...)"
+        )
     cache_dir = Path(cache_dir or default_cache_dir())
     resolved = resolve_source(source, cache_dir=cache_dir, train_fraction=train_fraction)
     lines = _load_lines(resolved, cache_dir=cache_dir, errors=errors)
     if "train" not in lines:
-        raise DataError(f"{resolved.name!r} has no train split")
+        raise DataError(f"{resolved.name!r} has no train split; " + _source_hint())
     tokenized = {
         split: _cached_map(
             ds,

@@ -7,7 +7,7 @@ step t, uses the recurrent matmul hw_t = h_{t-1} W_h twice:
     d W_h     += h_{t-1}ᵀ d hw_t     [H, B] @ [B, G·H]     not needed inside
 
 With B ≈ 20 rows the second product runs far below the GEMM rate, and the accumulation
-reads and writes the whole [H, G·H] matrix at every step (PERF-NOTES). Here the backward
+reads and writes the whole [H, G·H] matrix at every step. Here the backward
 scan carries only d carry and emits d hw_t; after it, one matmul does the whole sum:
 
     d W_h = Σ_t h_{t-1}ᵀ d hw_t = H_prevᵀ @ dHW           [H, T·B] @ [T·B, G·H]
@@ -96,11 +96,16 @@ def dense_bias(x: Array, w: Array, b: Array) -> Array:
     The bias gradient Σ g (a pass over g, e.g. the [B·T, V] logit gradient) becomes the
     last row of the weight-gradient product, for one more row of xᵀ.
     """
-    return x @ w + b
+    return _dense_bias(x, w, b)
+
+
+def _dense_bias(x, w, b):
+    xw = x @ w
+    return xw + cells.lead(b, xw.ndim)
 
 
 def _dense_bias_fwd(x, w, b):
-    return x @ w + b, (x, w)
+    return _dense_bias(x, w, b), (x, w)
 
 
 def _dense_bias_bwd(residuals, g):

@@ -230,7 +230,9 @@ def output_logits(params: Params, h: Array, *, config: LMConfig) -> Array:
     elif config.fast_backward:
         logits = fast_scan.dense(h, w)
     else:
-        logits = h @ w + params["out"]["b"] if config.output_bias else h @ w
+        logits = h @ w
+        if config.output_bias:
+            logits = logits + cells.lead(params["out"]["b"], logits.ndim)
     return logits.astype(config.param_dtype)
 
 

@@ -10,6 +10,8 @@ import pytest  # noqa: E402
 # Parity tests compare against float64 NumPy oracles; library code always passes
 # explicit dtypes, so enabling x64 does not silently change what it computes.
 jax.config.update("jax_enable_x64", True)
+# Broadcasting must be explicit (x[:, None]), never an implicit rank promotion.
+jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
 @pytest.fixture

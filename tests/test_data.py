@@ -288,6 +288,56 @@ def test_missing_source_is_a_data_error(tmp_path, cache):
         load_corpus({"train": tmp_path / "gone.txt"}, cache_dir=cache)
 
 
+@pytest.mark.parametrize("env", [None, "/srv/corpora"])
+def test_missing_source_says_where_data_comes_from(tmp_path, cache, monkeypatch, env):
+    if env is None:
+        monkeypatch.delenv("JAX_LM_DATA_DIR", raising=False)
+    else:
+        monkeypatch.setenv("JAX_LM_DATA_DIR", env)
+    with pytest.raises(DataError) as raised:
+        load_corpus(tmp_path / "nowhere", cache_dir=cache)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert "--config.data.source=" in message and "JAX_LM_DATA_DIR" in message
+    assert "tiny_shakespeare" in message  # a hub name
+    if env is None:
+        assert f"JAX_LM_DATA_DIR is unset, so {data.shared_data_dir()}" in message
+    else:
+        assert "JAX_LM_DATA_DIR=/srv/corpora" in message
+
+
+def test_folder_without_train_txt_says_where_data_comes_from(tmp_path, cache):
+    write(tmp_path / "d" / "a.txt", "x\n")
+    write(tmp_path / "d" / "b.txt", "y\n")
+    hint = "has no train.txt .*--config.data.source=.*JAX_LM_DATA_DIR"
+    with pytest.raises(DataError, match=hint):
+        load_corpus(tmp_path / "d", cache_dir=cache)
+
+
+def test_default_data_dir_is_data_in_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv("JAX_LM_DATA_DIR", raising=False)
+    monkeypatch.setattr(data, "_checkout_data_dir", lambda: tmp_path / "no" / "shared" / "data")
+    monkeypatch.chdir(tmp_path)
+    assert data.shared_data_dir() == tmp_path / "data"
+    package = Path(data.__file__).resolve().parent
+    assert package not in data.shared_data_dir().resolve().parents
+
+
+def test_checkout_shared_data_is_used_only_when_it_exists(tmp_path, monkeypatch):
+    monkeypatch.delenv("JAX_LM_DATA_DIR", raising=False)
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    monkeypatch.setattr(data, "_checkout_data_dir", lambda: tmp_path / "shared" / "data")
+    assert data.shared_data_dir() == tmp_path / "shared" / "data"
+
+
+def test_jax_lm_data_dir_wins(tmp_path, monkeypatch):
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    monkeypatch.setattr(data, "_checkout_data_dir", lambda: tmp_path / "shared" / "data")
+    monkeypatch.setenv("JAX_LM_DATA_DIR", str(tmp_path / "mine"))
+    assert data.shared_data_dir() == tmp_path / "mine"
+    assert isinstance(data.shared_data_dir(), Path)
+
+
 def test_empty_file_is_a_data_error(tmp_path, cache):
     path = write(tmp_path / "empty.txt", "")
     with pytest.raises(DataError, match=f"file is empty: {path}"):
@@ -304,8 +354,11 @@ def test_split_without_tokens_is_a_data_error(tmp_path, cache):
 def test_invalid_utf8_names_the_file_and_byte_offset(tmp_path, cache):
     path = tmp_path / "bad.txt"
     path.write_bytes("ok é\n".encode() + b"\xff rest\n")
-    with pytest.raises(DataError, match=f"{path} is not valid UTF-8: .* at byte offset 6 "):
+    bad = f"{path} is not valid UTF-8: .* at byte offset 6;"
+    with pytest.raises(DataError, match=bad) as raised:
         load_corpus(path, cache_dir=cache)
+    message = str(raised.value)
+    assert "--config.data.errors=replace" in message and "--errors replace" in message
     corpus = load_corpus(path, "char", cache_dir=cache, errors="replace", train_fraction=0.5)
     assert "\ufffd" in corpus.vocab.tokens
 
@@ -328,7 +381,7 @@ def test_utf8_check_finds_the_first_bad_byte_whatever_the_chunking(
     if offset is None:
         data.check_text_file(path, chunk_bytes=chunk_bytes)
     else:
-        with pytest.raises(DataError, match=f"byte offset {offset} "):
+        with pytest.raises(DataError, match=f"byte offset {offset};"):
             data.check_text_file(path, chunk_bytes=chunk_bytes)
 
 
@@ -351,6 +404,7 @@ def test_offline_hub_source_says_how_to_use_local_files(cache, monkeypatch):
     message = str(raised.value)
     assert "\n" not in message
     assert "offline" in message and "local files" in message and "train.txt" in message
+    assert "--config.data.source=" in message and "JAX_LM_DATA_DIR" in message
 
 
 # ----------------------------------------------------------------------------- real corpora
@@ -396,7 +450,7 @@ def test_tiny_shakespeare_char_pipeline_reproduces_published_counts(shared_cache
     [
         (
             "ptb",
-            [],
+            ["--level", "word", "--eos", "<eos>"],
             [
                 "vocab_size         10000",
                 "train  929589 tokens",

@@ -76,7 +76,7 @@ def test_dense_bias_has_the_value_and_gradients_of_matmul_plus_bias(key):
     w = jax.random.normal(k_w, (I, H), jnp.float64)
     b = jax.random.normal(k_b, (H,), jnp.float64)
     loss = lambda affine, x, w, b: jnp.sum(jnp.sin(affine(x, w, b)))  # noqa: E731
-    reference = lambda x, w, b: x @ w + b  # noqa: E731
+    reference = lambda x, w, b: x @ w + b[None, None]  # noqa: E731
     np.testing.assert_allclose(fast_scan.dense_bias(x, w, b), reference(x, w, b), rtol=1e-14)
     _assert_trees_close(jax.grad(loss, argnums=(1, 2, 3))(fast_scan.dense_bias, x, w, b),
                         jax.grad(loss, argnums=(1, 2, 3))(reference, x, w, b))

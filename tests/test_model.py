@@ -61,7 +61,7 @@ def test_one_hot_input_equals_multiplying_one_hot_vectors_by_the_input_weights(k
     layer = params["layers"][0]
     xs = jax.nn.one_hot(tokens.T, V, dtype=jnp.float64)  # (T, B, V)
     _, hs = cells.unroll(config.cell, layer, config.cell.initial_carry(B, H, jnp.float64), xs)
-    expected = hs.swapaxes(0, 1) @ params["out"]["w"] + params["out"]["b"]
+    expected = hs.swapaxes(0, 1) @ params["out"]["w"] + params["out"]["b"][None, None]
     np.testing.assert_allclose(logits, expected, rtol=1e-12)
 
 
@@ -100,7 +100,7 @@ def test_tied_weights_project_with_the_transposed_embedding(key):
     assert "w" not in params["out"]
     h = jnp.ones((2, H))
     np.testing.assert_allclose(model.output_logits(params, h, config=config),
-                               h @ params["embed"].T + params["out"]["b"], rtol=1e-12)
+                               h @ params["embed"].T + params["out"]["b"][None], rtol=1e-12)
     grads = jax.grad(lambda p: model.output_logits(p, h, config=config).sum())(params)
     assert np.any(grads["embed"] != 0)
 

@@ -1,14 +1,15 @@
 """Training end to end: every cell learns, resume is bit-exact, NaN stops cleanly, regimes."""
 
 import json
+import os
+import signal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import serialization
 
-from jax_lm import batching, checkpoint, model, optim, train
+from jax_lm import batching, checkpoint, fit, rundir, model, optim, pipeline, runs, train
 from jax_lm import config as config_lib
 from tests.oracles import tutorial_rnn
 
@@ -34,8 +35,7 @@ def _config(corpus_file, tmp_path, **overrides):
 
 
 def _run(config, run_dir, **kwargs):
-    return train.train_and_evaluate(config, run_dir, progress=False, print_fn=lambda _: None,
-                                    **kwargs)
+    return fit.fit(config, run_dir, progress=False, print_fn=lambda _: None, **kwargs)
 
 
 def _records(run_dir):
@@ -67,8 +67,9 @@ def test_resumed_run_ends_with_bitwise_identical_parameters(corpus_file, tmp_pat
 
     def final_params(run_dir):
         path = checkpoint.latest_path(run_dir)
-        template = train.load_run(run_dir, "latest")
-        return checkpoint.load_checkpoint(path, _template(template))[0]
+        template = runs.load_run(run_dir, "latest")
+        return checkpoint.load_checkpoint(
+            path, runs.state_template(template.config, template.lm_config))[0]
 
     a, b = final_params(tmp_path / "full"), final_params(tmp_path / "cut")
     assert int(a.step) == int(b.step)
@@ -87,16 +88,16 @@ def test_interrupted_run_saves_and_resumes_exactly_with_the_epoch_metrics(
     config = _config(corpus_file, tmp_path, **settings)
     _run(config, tmp_path / "full")
 
-    real_batches = train.train_batches
+    real_batches = pipeline.train_batches
 
     def interrupted(config, corpus, start):  # Ctrl-C while the loop fetches step 37's batch
         for i, batch in enumerate(real_batches(config, corpus, start)):
-            if i == 37 + train.PREFETCH:  # the loop reads PREFETCH batches ahead
-                raise KeyboardInterrupt
+            if i == 36 + pipeline.PREFETCH:  # the loop reads PREFETCH batches ahead
+                os.kill(os.getpid(), signal.SIGINT)
             yield batch
 
-    monkeypatch.setattr(train, "train_batches", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    monkeypatch.setattr(pipeline, "train_batches", interrupted)
+    with pytest.raises(fit.Interrupted, match="interrupted at step 37, checkpoint saved"):
         _run(config, tmp_path / "cut")
     monkeypatch.undo()
     assert checkpoint.saved_steps(tmp_path / "cut")[-1] == 37
@@ -110,22 +111,17 @@ def test_interrupted_run_saves_and_resumes_exactly_with_the_epoch_metrics(
     cut, full = epochs(tmp_path / "cut"), epochs(tmp_path / "full")
     assert [lr for _, lr in cut] == [lr for _, lr in full]
     np.testing.assert_allclose([nll for nll, _ in cut], [nll for nll, _ in full], rtol=1e-6)
-    a = train.load_run(tmp_path / "full", "latest").params
-    b = train.load_run(tmp_path / "cut", "latest").params
+    a = runs.load_run(tmp_path / "full", "latest").params
+    b = runs.load_run(tmp_path / "cut", "latest").params
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(x, y)
-
-
-def _template(run):
-    return train.init_train_state(jax.random.key(0), run.lm_config,
-                                  train.build_optimizer(run.config), run.config.data.batch_size)
 
 
 def test_an_existing_run_is_never_overwritten(corpus_file, tmp_path):
     config = _config(corpus_file, tmp_path, **{"train.max_steps": 2})
     _run(config, tmp_path / "run")
     before = checkpoint.latest_path(tmp_path / "run").read_bytes()
-    with pytest.raises(train.TrainingError, match="already holds a run"):
+    with pytest.raises(rundir.RunFolderError, match="already holds a run"):
         _run(config, tmp_path / "run")
     assert checkpoint.latest_path(tmp_path / "run").read_bytes() == before
 
@@ -136,9 +132,9 @@ def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
         "train.optimizer": "sgd", "train.learning_rate": 1e12, "train.clip_norm": 0.0,
         "train.checkpoint_every": 1, "train.log_every": 1, "model.cell": "rnn",
         "model.activation": "relu"})
-    with pytest.raises(train.TrainingError, match=r"non-finite loss or gradient at step \d+"):
+    with pytest.raises(train.TrainingError, match=r"non-finite loss, gradient or update at step \d+"):
         _run(config, tmp_path / "run")
-    run = train.load_run(tmp_path / "run", "latest")
+    run = runs.load_run(tmp_path / "run", "latest")
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(run.params))
 
 
@@ -176,10 +172,10 @@ def test_window_regime_train_step_applies_001s_truncated_sgd_update(key):
 
 def test_stream_evaluation_scores_every_validation_token_once(corpus_file, tmp_path):
     config = _config(corpus_file, tmp_path)
-    corpus = train.load_run_corpus(config)
+    corpus = pipeline.load_run_corpus(config)
     lm_config = config_lib.build_lm_config(config, corpus.vocab.size)
     params = model.init_lm(jax.random.key(0), lm_config)
-    scores = train.evaluate(params, lm_config, train.eval_batches(config, corpus, "valid"))
+    scores = train.evaluate(params, lm_config, pipeline.eval_batches(config, corpus, "valid"))
     assert scores["tokens"] == len(corpus.splits["valid"]) - 1
 
 
@@ -195,7 +191,7 @@ def test_fit_loop_with_001s_config_reproduces_the_documents_training(tmp_path):
         "model.param_dtype": "float64", "train.epochs": "4", "train.learning_rate": "1.0"})
     _run(config, tmp_path / "run")
 
-    corpus = train.load_run_corpus(config)
+    corpus = pipeline.load_run_corpus(config)
     lm_config = config_lib.build_lm_config(config, corpus.vocab.size)
     opt = train.build_optimizer(config)
     initial = train.init_train_state(jax.random.key(config.seed), lm_config, opt, 1).params
@@ -211,7 +207,7 @@ def test_fit_loop_with_001s_config_reproduces_the_documents_training(tmp_path):
     used = [r["lr"] for r in records if "train_loss" in r]
     assert sorted(set(used), reverse=True) == sorted(set(rates), reverse=True)
     assert len(set(rates)) > 1  # the halving rule fired
-    final = tutorial_rnn.from_jax_lm(train.load_run(tmp_path / "run", "latest").params)
+    final = tutorial_rnn.from_jax_lm(runs.load_run(tmp_path / "run", "latest").params)
     for name in params:
         np.testing.assert_allclose(final[name], params[name], rtol=1e-7, atol=1e-9)
 
@@ -219,12 +215,12 @@ def test_fit_loop_with_001s_config_reproduces_the_documents_training(tmp_path):
 @pytest.mark.parametrize("batcher", ["stream", "sentences", "random_windows"])
 def test_max_train_lines_limits_the_training_data_of_every_batcher(corpus_file, tmp_path, batcher):
     config = _config(corpus_file, tmp_path, **{"data.batcher": batcher})
-    corpus = train.load_run_corpus(config)
-    full = train.steps_per_epoch(config, corpus)
+    corpus = pipeline.load_run_corpus(config)
+    full = pipeline.steps_per_epoch(config, corpus)
     config_lib.apply_overrides(config, {"data.max_train_lines": "4"})
-    assert train.steps_per_epoch(config, corpus) < full
+    assert pipeline.steps_per_epoch(config, corpus) < full
     lines = corpus.sentences("train")[:4]
-    scored = sum(float(b.mask.sum()) for b in train.eval_batches(config, corpus, "train"))
+    scored = sum(float(b.mask.sum()) for b in pipeline.eval_batches(config, corpus, "train"))
     # Sentences score every line but its first token; a stream every token but the first.
     expected = sum(len(s) - 1 for s in lines) if batcher == "sentences" else sum(map(len, lines)) - 1
     assert scored == expected
@@ -235,7 +231,7 @@ def test_vocabulary_can_come_from_the_training_lines_in_use(tmp_path):
     path.write_text("a cat sat\nthe dog ran\n" * 20)
     config = _config(path, tmp_path, **{
         "data.level": "word", "data.max_train_lines": 1, "data.vocab_from_train_lines": True})
-    corpus = train.load_run_corpus(config)
+    corpus = pipeline.load_run_corpus(config)
     assert set(corpus.vocab.tokens) == {"a", "cat", "sat", "<unk>"}  # "dog" etc. are unknown
     assert corpus.vocab.unk_id in corpus.splits["train"]
 
@@ -252,7 +248,7 @@ def test_padding_sentences_to_a_multiple_does_not_change_training(tmp_path):
             "model.param_dtype": "float64", "train.optimizer": "sgd", "train.regime": "full",
             "train.loss_reduction": "sum", "train.learning_rate": 0.1, "train.epochs": 1})
         _run(config, tmp_path / f"run{multiple}")
-        finals.append(train.load_run(tmp_path / f"run{multiple}", "latest").params)
+        finals.append(runs.load_run(tmp_path / f"run{multiple}", "latest").params)
     for x, y in zip(jax.tree.leaves(finals[0]), jax.tree.leaves(finals[1])):
         np.testing.assert_allclose(x, y, rtol=1e-10, atol=1e-12)
 
@@ -268,8 +264,9 @@ def test_time_budget_stops_mid_epoch_and_scores_the_last_params(corpus_file, tmp
     assert len(partial) == 1 and partial[0]["step"] == 1
     assert result["valid_nll"] == pytest.approx(partial[0]["valid_nll"])  # the best so far
     latest = checkpoint.latest_path(tmp_path / "run")
-    raw = serialization.msgpack_restore(latest.read_bytes())
-    assert json.loads(raw["metadata"])["best_valid"] is None  # no epoch has ended: a resumed
+    run = runs.load_run(tmp_path / "run", "latest")
+    metadata = checkpoint.load_checkpoint(latest, runs.state_template(run.config, run.lm_config))[1]
+    assert metadata["best_valid"] is None  # no epoch has ended: a resumed
     #                                       run's first epoch end replaces this best checkpoint
 
 
@@ -307,7 +304,7 @@ def _counted_batches(n):
 
 def test_prefetch_to_device_yields_the_same_batches_in_order_as_device_arrays():
     batches, _ = _counted_batches(5)
-    out = list(train.prefetch_to_device(batches, size=2))
+    out = list(pipeline.prefetch_to_device(batches, size=2))
     assert [int(b.inputs[0, 0]) for b in out] == [0, 1, 2, 3, 4]
     assert all(isinstance(leaf, jax.Array) for b in out for leaf in b)
     np.testing.assert_array_equal(out[3].targets, np.full((2, 3), 4))
@@ -315,10 +312,10 @@ def test_prefetch_to_device_yields_the_same_batches_in_order_as_device_arrays():
 
 def test_prefetch_to_device_reads_at_most_size_batches_ahead():
     batches, read = _counted_batches(10)
-    prefetched = train.prefetch_to_device(batches, size=2)
+    prefetched = pipeline.prefetch_to_device(batches, size=2)
     first = next(prefetched)
     assert int(first.inputs[0, 0]) == 0 and len(read) == 3  # the one yielded + 2 ahead
     next(prefetched)
     assert len(read) == 4
     with pytest.raises(ValueError, match="size"):
-        next(train.prefetch_to_device(iter([]), size=0))
+        next(pipeline.prefetch_to_device(iter([]), size=0))

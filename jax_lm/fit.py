@@ -1,0 +1,535 @@
+"""The fit loop: one schedule for a run, or for a population of runs trained together.
+
+    setup (nothing written) ─▶ run folder, step-0 checkpoint
+      ─▶ [epoch 0: eval at start]
+      ─▶ ( steps ─▶ sync metrics ─▶ [checkpoint] ─▶ [epoch end: validation, lr rule, best] )*
+      ─▶ [partial epoch scored, when the time budget stopped it] ─▶ close: test, plot, samples
+
+Each member of a population has its own run folder, seed and `HostState`; they share the
+data, the steps and the schedule (`jax.vmap` over a leading member axis when there are
+several). The loop owns what exact resume depends on: every checkpoint holds the device
+state and the `HostState`, including the length of metrics.jsonl at that moment, and is
+written *before* the work that follows a step boundary (epoch end, close). A run killed
+anywhere is therefore resumed from its newest checkpoint by cutting the log back and
+redoing that work, which is deterministic: the resumed run ends with the same bits.
+
+Signals: SIGINT / SIGTERM during the steps finish the current step, save, and raise
+`Interrupted`; during evaluation or the close they abandon the work at once (the
+checkpoint before it is kept). A second signal abandons at once too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import signal
+import threading
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from jax_lm import allocator, checkpoint, data, lr_rules, model, optim, pipeline, runs, train
+from jax_lm import config as config_lib
+from jax_lm.callbacks import Callback, FitInfo, RunEnd, default_callbacks, fmt
+from jax_lm.rundir import VOCAB, RunDir, RunFolderError
+from jax_lm.train import StepMetrics, TrainingError
+
+PLATEAU_RULES = {"halve_when_loss_rises": lr_rules.HALVE_WHEN_LOSS_RISES,
+                 "halve_when_likelihood_drops": lr_rules.HALVE_WHEN_LIKELIHOOD_DROPS,
+                 "quarter_when_not_best": lr_rules.QUARTER_WHEN_NOT_BEST}
+
+
+@dataclasses.dataclass(frozen=True)
+class HostState:
+    """A member's host-side state, saved in every checkpoint beside the device state."""
+
+    lr: float                        # learning rate of the coming steps
+    vocab: str = ""                  # fingerprint of the vocabulary
+    epoch: int = 0                   # epochs whose end-of-epoch work is done
+    lr_reference: float | None = None  # what a plateau rule compares with
+    best_valid: float | None = None  # best end-of-epoch validation NLL
+    epoch_nll: float = 0.0           # Σ NLL of this epoch's steps so far
+    epoch_tokens: float = 0.0        # Σ tokens of this epoch's steps so far
+    train_seconds: float = 0.0       # time spent in steps, over all resumes
+    started: bool = True             # eval at start done (or not asked for)
+    closed_step: int = -1            # step at which the close (test, plot, samples) was done
+    log_offset: int | None = None    # bytes of metrics.jsonl this state accounts for
+
+    @classmethod
+    def from_metadata(cls, metadata: dict) -> HostState:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in metadata.items() if k in names})
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped `fit`; `saved` says whether the current step was saved."""
+
+    def __init__(self, signum: int, step: int | None, run_dirs: Sequence[RunDir], saved: bool):
+        super().__init__(signum)
+        self.signum, self.step, self.run_dirs, self.saved = signum, step, list(run_dirs), saved
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    def __str__(self) -> str:
+        if self.step is None:
+            return "interrupted before training started; nothing was saved"
+        resume = " and ".join(f"jax-lm train --resume {d.path}" for d in self.run_dirs)
+        kept = "checkpoint saved" if self.saved else "the latest checkpoint is kept"
+        return f"interrupted at step {self.step}, {kept}; resume with: {resume}"
+
+
+class _Abandon(BaseException):
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _Signals:
+    """SIGINT/SIGTERM handlers for the duration of a fit (main thread only).
+
+    While `steps` is true a first signal is only recorded (the loop saves, then stops);
+    otherwise, or on a second signal, `_Abandon` is raised where the program is.
+    """
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.steps = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Signals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        first = self.signum is None
+        self.signum = signum
+        if not (self.steps and first):
+            raise _Abandon(signum)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+# --------------------------------------------------------------------------- the entry points
+
+
+def fit(config, workdir, *, resume: bool = False, callbacks: Sequence[Callback] | None = None,
+        progress: bool = True, print_fn: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train as `config` says (a ConfigDict or a resolved `RunConfig`) into `workdir`.
+
+    Returns the final record (scores, steps, seconds, samples). With `resume`, continue
+    the run in `workdir` from its newest intact checkpoint; a finished run is left as it
+    is. `callbacks=None` uses `callbacks.default_callbacks`.
+    """
+    return fit_population([config], [workdir], resume=resume, callbacks=callbacks,
+                          progress=progress, print_fn=print_fn)[0]
+
+
+def fit_population(configs: Sequence, workdirs: Sequence, *, resume: bool = False,
+                   callbacks: Sequence[Callback] | None = None, progress: bool = True,
+                   print_fn: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Train several members in one loop, one vmapped step for all; one run folder each.
+
+    The members' configs may differ only in `seed`, and the batches must not depend on
+    the seed (`data.batcher="stream"`). Each member's numbers equal its own single run
+    up to float rounding.
+    """
+    configs = [c if isinstance(c, config_lib.RunConfig) else config_lib.resolve(c)
+               for c in configs]
+    _check_population(configs, workdirs)
+    folders = [RunDir(d) for d in workdirs]
+    if callbacks is None:
+        names = [f.path.name for f in folders]
+        callbacks = default_callbacks(progress=progress, print_fn=print_fn,
+                                      level=configs[0].data.level, names=names)
+    loop = None
+    with _Signals() as signals:
+        try:
+            with contextlib.ExitStack() as held:
+                for folder in folders:
+                    held.enter_context(folder.locked(new=not resume))
+                loop = _Loop(configs, folders, list(callbacks), signals, print_fn, resume)
+                try:
+                    return loop.run()
+                finally:
+                    for callback in loop.callbacks:
+                        callback.on_close()
+        except _Abandon as stop:
+            step = loop.step if loop is not None and loop.begun else None
+            raise Interrupted(stop.signum, step, folders, saved=False) from None
+
+
+def _check_population(configs, workdirs) -> None:
+    if not configs or len(configs) != len(workdirs):
+        raise ValueError("fit_population needs one run folder per config, and at least one")
+    if len(configs) == 1:
+        return
+    first = dataclasses.replace(configs[0], seed=0)
+    for c in configs[1:]:
+        if dataclasses.replace(c, seed=0) != first:
+            raise config_lib.ConfigError("members trained together may differ only in seed")
+    if configs[0].data.batcher != "stream":
+        raise config_lib.ConfigError(
+            "training seeds together needs data.batcher='stream' (its batches do not depend "
+            f"on the seed); got {configs[0].data.batcher!r}")
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+class _Loop:
+    """The setup of one fit call (immutable after __init__) and its phases."""
+
+    def __init__(self, configs, folders: list[RunDir], callbacks: list[Callback],
+                 signals: _Signals, print_fn, resume: bool):
+        self.configs, self.folders, self.callbacks = configs, folders, callbacks
+        self.signals, self.print, self.resume = signals, print_fn, resume
+        self.config = c = configs[0]
+        self.size = len(configs)
+        self.begun = False
+        self.step = 0
+
+        vocab = self._saved_vocab() if resume else None
+        self.corpus = pipeline.load_run_corpus(c, vocab)
+        self.vocab = self.corpus.vocab
+        config_lib.check_memory(c, self.vocab.size)
+        self.lm_config = config_lib.build_lm_config(c, self.vocab.size)
+        self.optimizer = train.build_optimizer(c)
+        self.rule = PLATEAU_RULES.get(c.train.lr_rule)
+        self.per_epoch = pipeline.steps_per_epoch(c, self.corpus)
+        self.total = c.train.epochs * self.per_epoch
+        if c.train.max_steps:
+            self.total = min(self.total, c.train.max_steps)
+        self.budget = 60.0 * c.train.time_budget_minutes
+
+        step_fn = train.make_train_step(self.lm_config, self.optimizer, regime=c.train.regime,
+                                        window_k=c.train.window_k,
+                                        reduction=c.train.loss_reduction, jit=False)
+        if self.size == 1:
+            self.train_step = jax.jit(step_fn, donate_argnums=0)
+        else:
+            self.train_step = jax.jit(jax.vmap(step_fn, in_axes=(0, None)), donate_argnums=0)
+        self.eval_step = train.make_eval_step(self.lm_config)
+
+    # ------------------------------------------------------------------ member views
+
+    def member(self, tree, i: int):
+        return tree if self.size == 1 else jax.tree.map(lambda x: x[i], tree)
+
+    def stack(self, trees: list):
+        return trees[0] if self.size == 1 else jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+    def log(self, i: int, record: dict[str, Any]) -> None:
+        self.folders[i].log(record)
+        for callback in self.callbacks:
+            callback.on_record(i, record)
+
+    # ------------------------------------------------------------------ setup
+
+    def _saved_vocab(self) -> data.Vocab:
+        vocabs = []
+        for folder in self.folders:
+            if not (folder.path / VOCAB).is_file():
+                raise RunFolderError(f"nothing to resume in {folder.path}: it has no {VOCAB}")
+            vocabs.append(data.Vocab.load(folder.path / VOCAB))
+        if len({v.fingerprint() for v in vocabs}) > 1:
+            raise RunFolderError("the members' vocabularies differ; resume them one by one")
+        return vocabs[0]
+
+    def _fresh(self):
+        keys = [jax.random.key(c.seed) for c in self.configs]
+        init = lambda k: train.init_train_state(k, self.lm_config, self.optimizer,  # noqa: E731
+                                                self.config.data.batch_size)
+        states = init(keys[0]) if self.size == 1 else jax.vmap(init)(jnp.stack(keys))
+        host = HostState(lr=self.config.train.learning_rate, vocab=self.vocab.fingerprint(),
+                         started=not self.config.train.eval_at_start)
+        return states, [host] * self.size
+
+    def _restore(self, template):
+        states, hosts, notes = [], [], []
+        for i, folder in enumerate(self.folders):
+            if not checkpoint.saved_steps(folder.path):
+                raise RunFolderError(f"nothing to resume in {folder.path}: it has no checkpoint")
+            path, state, metadata, warn = checkpoint.load_latest_intact(
+                folder.path, self.member(template, i))
+            notes += warn
+            host = HostState.from_metadata(metadata)
+            if host.vocab and host.vocab != self.vocab.fingerprint():
+                raise RunFolderError(f"{folder.path / VOCAB} does not match checkpoint {path}")
+            states.append(state)
+            hosts.append(host)
+        steps = {int(s.step) for s in states}
+        if len(steps) > 1:
+            raise RunFolderError(f"the members are at different steps {sorted(steps)}; "
+                                 "resume them one by one")
+        return self.stack(states), hosts, notes
+
+    # ------------------------------------------------------------------ the run
+
+    def run(self) -> list[dict[str, Any]]:
+        states, hosts = self._fresh()
+        if self.resume:
+            states, hosts, notes = self._restore(states)
+            self.step = int(self.member(states, 0).step)
+            if all(h.closed_step == self.step for h in hosts) and (
+                    self.step >= self.total or self._out_of_time(hosts)):
+                return self._already_finished(hosts)
+            for note in notes:
+                self.print(f"jax-lm: warning: {note}")
+            for i, folder in enumerate(self.folders):
+                if hosts[i].log_offset is not None:
+                    note = folder.cut_log(hosts[i].log_offset)
+                    if note:
+                        self.print(f"jax-lm: warning: {note}")
+                checkpoint.remove_orphans(folder.path)
+                text = config_lib.to_json(self.configs[i].to_configdict())
+                if text != folder.read_config_text():
+                    folder.write_config(text)
+            self.print(f"resuming {', '.join(str(f.path) for f in self.folders)} at step "
+                       f"{self.step} (epoch {hosts[0].epoch + 1})")
+        else:
+            for i, folder in enumerate(self.folders):
+                self.vocab.save(folder.path / VOCAB)
+                folder.write_config(config_lib.to_json(self.configs[i].to_configdict()))
+            hosts = self._save(states, hosts)
+            for folder in self.folders:
+                folder.started()
+        self.begun = True
+        info = FitInfo(tuple(self.folders), self.step, self.total, self.per_epoch,
+                       self._summary(states))
+        for callback in self.callbacks:
+            callback.on_start(info)
+        try:
+            states, hosts = self._train(states, hosts)
+            return self._close(states, hosts)
+        except (_Abandon, Interrupted):
+            raise
+        except KeyboardInterrupt:  # e.g. raised by a callback or a data iterator
+            raise _Abandon(signal.SIGINT) from None
+
+    def _summary(self, states) -> str:
+        c, lm = self.config, self.lm_config
+        who = "" if self.size == 1 else (f"{self.size} members (seeds "
+                                         f"{[m.seed for m in self.configs]}) at once (vmap), ")
+        return (f"jax_lm: {self.corpus.source} ({c.data.level}, vocab {self.vocab.size}, "
+                f"{len(self.corpus.splits['train']):,} train tokens), {who}{c.model.cell} "
+                f"{lm.num_layers}×{lm.hidden_size}, "
+                f"{model.num_params(self.member(states, 0).params):,} params, "
+                f"{self.per_epoch} steps/epoch, devices {jax.devices()}, "
+                f"malloc {allocator.describe()}")
+
+    def _already_finished(self, hosts) -> list[dict[str, Any]]:
+        results = []
+        for folder in self.folders:
+            finals = [r for r in folder.records() if r.get("final")]
+            results.append(finals[-1] if finals else {})
+        why = ("the time budget is spent; raise train.time_budget_minutes to go on"
+               if self.step < self.total else "raise train.epochs or train.max_steps to go on")
+        self.print(f"{', '.join(str(f.path) for f in self.folders)} already finished at step "
+                   f"{self.step}; nothing changed ({why})")
+        return results
+
+    def _out_of_time(self, hosts) -> bool:
+        return self.budget > 0 and hosts[0].train_seconds >= self.budget
+
+    def _train(self, states, hosts):
+        t = self.config.train
+        batches = None
+        while True:
+            if hosts[0].epoch == 0 and not hosts[0].started:
+                states, hosts = self._evaluate_at_start(states, hosts)
+                hosts = self._save(states, hosts)
+            if self.step > 0 and self.step % self.per_epoch == 0 and \
+                    hosts[0].epoch < self.step // self.per_epoch:
+                states, hosts = self._end_epoch(states, hosts)
+                hosts = self._save(states, hosts)
+            if self.step >= self.total or self._out_of_time(hosts):
+                return states, hosts
+            if batches is None:
+                batches = pipeline.prefetch_to_device(
+                    pipeline.train_batches(self.config, self.corpus, self.step))
+            window, steps = StepMetrics.zeros() if self.size == 1 else None, 0
+            self.signals.steps = True
+            start = time.perf_counter()
+            while True:  # the steps up to the next host sync
+                states, metrics = self.train_step(states, next(batches))
+                window = metrics if window is None else window + metrics
+                self.step += 1
+                steps += 1
+                timed_out = self.budget > 0 and (
+                    hosts[0].train_seconds + time.perf_counter() - start >= self.budget)
+                save = (self.step % self.per_epoch == 0 or self.step == self.total or timed_out
+                        or (t.checkpoint_every and self.step % t.checkpoint_every == 0)
+                        or self.signals.signum is not None)
+                if save or steps == t.log_every:
+                    break
+            window = jax.block_until_ready(window)  # the steps are done: time them
+            hosts = self._sync(window, steps, time.perf_counter() - start, states, hosts)
+            if save:
+                hosts = self._save(states, hosts)
+            self.signals.steps = False
+            if self.signals.signum is not None:
+                raise Interrupted(self.signals.signum, self.step, self.folders, saved=True)
+            if timed_out:
+                self.print(f"\ntime budget of {t.time_budget_minutes:g} min spent at step "
+                           f"{self.step} (epoch {hosts[0].epoch + 1}, "
+                           f"{self.step % self.per_epoch}/{self.per_epoch} steps)")
+
+    def _save(self, states, hosts) -> list[HostState]:
+        """A step checkpoint of every member, holding its metrics.jsonl length."""
+        saved = []
+        for i, folder in enumerate(self.folders):
+            state = self.member(states, i)
+            if not checkpoint.all_finite(state.params):
+                raise TrainingError(f"the parameters of step {self.step} are not finite; they "
+                                    f"were not saved (latest checkpoint: "
+                                    f"{folder.latest_checkpoint()}). Lower train.learning_rate")
+            host = dataclasses.replace(hosts[i], log_offset=folder.log_size())
+            folder.save_step(self.step, state, dataclasses.asdict(host),
+                             keep=self.config.train.keep_checkpoints)
+            saved.append(host)
+        return saved
+
+    def _sync(self, window, steps: int, elapsed: float, states, hosts) -> list[HostState]:
+        """Bring the summed step metrics to the host: log them, catch NaN/inf."""
+        out = []
+        for i, host in enumerate(hosts):
+            m = StepMetrics(*self.member(tuple(window), i))
+            nll, tokens = float(m.nll), float(m.tokens)
+            bad, first_bad = int(m.nonfinite), int(m.first_nonfinite)
+            if bad and self.config.train.on_nonfinite == "stop":
+                last = self.folders[i].latest_checkpoint()
+                kept = (f"kept checkpoint {last} (finite parameters)" if last else
+                        "no checkpoint was written yet")
+                raise TrainingError(
+                    f"non-finite loss, gradient or update at step {first_bad + 1} "
+                    f"(epoch {host.epoch + 1}); training stopped, {kept}. Lower "
+                    "train.learning_rate, or set train.on_nonfinite='skip'")
+            host = dataclasses.replace(host, epoch_nll=host.epoch_nll + nll,
+                                       epoch_tokens=host.epoch_tokens + tokens,
+                                       train_seconds=host.train_seconds + elapsed)
+            lr = float(f"{optim.learning_rate(self.member(states, i).opt_state):.7g}")
+            record = dict(step=self.step, epoch=host.epoch + 1, train_loss=nll / max(tokens, 1.0),
+                          tokens_per_s=tokens / elapsed, lr=lr)
+            if bad:
+                record["skipped_nonfinite"] = bad
+            self.log(i, record)
+            out.append(host)
+        return out
+
+    def _evaluate(self, params, split: str) -> dict[str, float]:
+        return train.evaluate(params, self.lm_config,
+                              pipeline.eval_batches(self.config, self.corpus, split),
+                              self.eval_step)
+
+    def _watched(self, params, record: dict) -> float:
+        """The number a plateau rule compares, as a loss (lower is better)."""
+        metric = self.config.train.lr_rule_metric
+        if metric == "train_eval":
+            return self._evaluate(params, "train")["nll"]
+        watched = {"valid": record.get("valid_nll"), "train": record.get("train_nll")}[metric]
+        if watched is None:
+            raise config_lib.ConfigError("train.lr_rule_metric='valid' needs a validation "
+                                         "split; this corpus has none (use 'train')")
+        return watched
+
+    def _evaluate_at_start(self, states, hosts):
+        """Epoch-0 scores of the initial parameters (001 evaluates before it trains)."""
+        out = []
+        for i, host in enumerate(hosts):
+            params = self.member(states, i).params
+            record = {"epoch": 0, "step": 0}
+            if "valid" in self.corpus.splits:
+                valid = self._evaluate(params, "valid")
+                record.update(valid_nll=valid["nll"], valid_ppl=valid["ppl"],
+                              valid_bits=valid["bits"])
+            if self.rule is not None and self.config.train.lr_rule_metric != "train":
+                watched = self._watched(params, record)
+                record["lr_rule_metric"] = watched
+                host = dataclasses.replace(
+                    host, lr_reference=-watched if self.rule.mode == "max" else watched)
+            self.log(i, record)
+            out.append(dataclasses.replace(host, started=True))
+        return states, out
+
+    def _end_epoch(self, states, hosts):
+        """Validation, the learning-rate rule, the best checkpoint, for every member."""
+        t = self.config.train
+        new_states, out = [], []
+        for i, host in enumerate(hosts):
+            state = self.member(states, i)
+            epoch = host.epoch + 1
+            train_nll = host.epoch_nll / max(host.epoch_tokens, 1.0)
+            record = {"epoch": epoch, "step": self.step, "train_nll": train_nll,
+                      "train_ppl": math.exp(min(train_nll, 700.0))}
+            best = host.best_valid
+            if "valid" in self.corpus.splits:
+                valid = self._evaluate(state.params, "valid")
+                record.update(valid_nll=valid["nll"], valid_ppl=valid["ppl"],
+                              valid_bits=valid["bits"])
+                if best is None or valid["nll"] < best:
+                    best = valid["nll"]
+                    self.folders[i].save_best(state, dataclasses.asdict(host))
+            lr, reference = optim.learning_rate(state.opt_state), host.lr_reference
+            if t.lr_rule == "zaremba":
+                lr = lr_rules.zaremba_decay(t.learning_rate, epoch + 1, start=t.lr_decay_start,
+                                            decay=t.lr_decay)
+            elif self.rule is not None:
+                watched = self._watched(state.params, record)
+                if self.rule.mode == "max":  # a likelihood rule (000) watches the likelihood
+                    watched = -watched
+                plateau = self.rule.update(lr_rules.PlateauState(lr, reference), watched)
+                lr, reference = plateau.learning_rate, plateau.reference
+                record["lr_rule_metric"] = watched
+            record["next_lr"] = lr
+            new_states.append(state._replace(
+                opt_state=optim.set_learning_rate(state.opt_state, lr)))
+            out.append(dataclasses.replace(host, epoch=epoch, lr=lr, lr_reference=reference,
+                                           best_valid=best, epoch_nll=0.0, epoch_tokens=0.0))
+            self.log(i, record)
+        return self.stack(new_states), out
+
+    def _close(self, states, hosts) -> list[dict[str, Any]]:
+        """Score the last partial epoch (time budget), then test, plot and sample."""
+        mid_epoch = self.step % self.per_epoch != 0
+        results = []
+        for i, host in enumerate(hosts):
+            folder, state = self.folders[i], self.member(states, i)
+            if mid_epoch and "valid" in self.corpus.splits:
+                # Logged, and kept as the best only when no epoch has ended yet: the best
+                # checkpoint stays an end-of-epoch one, as in a run never stopped.
+                valid = self._evaluate(state.params, "valid")
+                self.log(i, {"epoch": host.epoch + 1, "step": self.step, "partial_epoch": True,
+                             "valid_nll": valid["nll"], "valid_ppl": valid["ppl"],
+                             "valid_bits": valid["bits"]})
+                if host.best_valid is None:
+                    folder.save_best(state, dataclasses.asdict(host))
+            params = state.params
+            if checkpoint.best_path(folder.path).exists():
+                params = checkpoint.load_checkpoint(checkpoint.best_path(folder.path),
+                                                    state)[0].params
+            result: dict[str, Any] = {"step": self.step, "num_params": model.num_params(params),
+                                      "train_seconds": round(host.train_seconds, 1)}
+            for split in ("valid", "test"):
+                if split in self.corpus.splits and (split == "valid" or
+                                                    self.config.train.eval_test):
+                    scores = self._evaluate(params, split)
+                    result.update({f"{split}_{k}": v for k, v in scores.items()})
+            self.log(i, {"final": True, **result})
+            run = runs.Run(self.configs[i], self.lm_config, self.vocab,
+                           self.corpus.tokenizer, params, {})
+            end = RunEnd(folder, run, folder.records(), result)
+            for callback in self.callbacks:
+                callback.on_end(i, end)
+            results.append(result)
+        self._save(states, [dataclasses.replace(h, closed_step=self.step) for h in hosts])
+        return results
+
