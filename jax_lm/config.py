@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import importlib.util
+import dataclasses
+import importlib.resources
 import json
+import math
 import os
+import types
 from pathlib import Path
+from typing import Any, Mapping
 
 import ml_collections
 
 from jax_lm import cells
 from jax_lm.model import LMConfig
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "experiments" / "configs"
 
 
 class ConfigError(ValueError):
@@ -127,22 +130,86 @@ def _lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return config
 
 
-def load_config(path_or_name: str | os.PathLike | None = None) -> ml_collections.ConfigDict:
-    """`get_config()` of a config file, or of `experiments/configs/<name>.py`; the base if None."""
-    if path_or_name in (None, "", "base"):
-        return get_config()
+def _shipped_config_dir() -> Path:
+    """experiments/configs, shipped as the package `jax_lm.configs` (see pyproject.toml)."""
+    try:
+        folder = Path(str(importlib.resources.files("jax_lm.configs")))
+        if folder.is_dir():
+            return folder
+    except (ModuleNotFoundError, TypeError):
+        pass
+    return Path(__file__).resolve().parent.parent / "experiments" / "configs"
+
+
+CONFIG_DIR = _shipped_config_dir()
+
+
+def config_path(path_or_name: str | os.PathLike) -> Path:
+    """The file of a shipped config name (`jax-lm configs`) or of a path; ConfigError if none."""
     path = Path(path_or_name)
     if not path.suffix and not path.exists():
         path = CONFIG_DIR / f"{path_or_name}.py"
     if not path.is_file():
-        available = sorted(p.stem for p in CONFIG_DIR.glob("*.py")) if CONFIG_DIR.is_dir() else []
-        raise ConfigError(f"no config file {path_or_name!r}; configs in {CONFIG_DIR}: {available}")
-    spec = importlib.util.spec_from_file_location(f"jax_lm_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+        available = [name for name, *_ in list_configs()]
+        raise ConfigError(f"no config file {str(path_or_name)!r}; shipped configs: "
+                          f"{', '.join(available)} (jax-lm configs lists them), or give a path")
+    return path
+
+
+def load_module(path: str | os.PathLike):
+    """Execute a config file as a module; any error in it becomes one ConfigError."""
+    path = Path(path)
+    try:
+        source = path.read_text()
+        code = compile(source, str(path), "exec")
+    except SyntaxError as e:
+        raise ConfigError(f"config file {path} has a syntax error at line {e.lineno}: "
+                          f"{e.msg}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config file {path}: {e}") from None
+    module = types.ModuleType(f"jax_lm_config_{path.stem}")
+    module.__file__ = str(path)
+    try:
+        exec(code, module.__dict__)  # noqa: S102 - a config file is code the user chose to run
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"config file {path} failed: {type(e).__name__}: {e}") from None
+    return module
+
+
+def load_config(path_or_name: str | os.PathLike | None = None) -> ml_collections.ConfigDict:
+    """`get_config()` of a config file or of a shipped config; the base if None."""
+    if path_or_name in (None, "", "base"):
+        return get_config()
+    path = config_path(path_or_name)
+    module = load_module(path)
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file {path} defines no get_config()")
-    return _lock(module.get_config())
+    try:
+        config = module.get_config()
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"get_config() of {path} failed: {type(e).__name__}: {e}") from None
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"get_config() of {path} returned a {type(config).__name__}, not an "
+                          "ml_collections.ConfigDict")
+    return _lock(config)
+
+
+def list_configs() -> list[tuple[str, str]]:
+    """(name, purpose) of every shipped config: the first line of its docstring, read with
+    `ast` (nothing is executed). Sweeps (files with a get_sweep) say "sweep:" first."""
+    entries = []
+    for path in sorted(CONFIG_DIR.glob("*.py")):
+        if path.stem.startswith("_"):
+            continue
+        try:
+            tree = ast.parse(path.read_text())
+        except (SyntaxError, OSError, UnicodeDecodeError):
+            entries.append((path.stem, "(unreadable)"))
+            continue
+        doc = (ast.get_docstring(tree) or "").strip().splitlines()
+        sweep = any(isinstance(n, ast.FunctionDef) and n.name == "get_sweep" for n in tree.body)
+        entries.append((path.stem, ("sweep: " if sweep else "") + (doc[0] if doc else "")))
+    return entries
 
 
 def _leaf_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
@@ -206,10 +273,19 @@ def to_json(config: ml_collections.ConfigDict) -> str:
     return json.dumps(config.to_dict(), indent=2, sort_keys=True)
 
 
-def from_json(text: str) -> ml_collections.ConfigDict:
-    """A config saved by `to_json`, checked against the base: unknown keys are rejected."""
+def from_json(text: str, source: str = "config.json") -> ml_collections.ConfigDict:
+    """A config saved by `to_json`, checked against the base: unknown keys are rejected.
+
+    `source` names the text in error messages (e.g. the run folder's config.json).
+    """
     config = get_config()
-    saved = json.loads(text)
+    try:
+        saved = json.loads(text)
+    except ValueError as e:
+        raise ConfigError(f"{source} is not valid JSON ({e}); restore it from a copy or "
+                          "train again") from None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{source} does not hold a config (a JSON object)")
 
     def flatten(d, prefix=""):
         for k, v in d.items():
@@ -218,16 +294,345 @@ def from_json(text: str) -> ml_collections.ConfigDict:
             else:
                 yield prefix + k, v
 
-    for path, value in flatten(saved):
-        if path == "train.optimizer_options":
-            with config.train.optimizer_options.unlocked():
-                config.train.optimizer_options.update(value)
-            continue
-        apply_overrides(config, {path: value if isinstance(value, str) else json.dumps(value)})
+    try:
+        for path, value in flatten(saved):
+            if path == "train.optimizer_options":
+                if not isinstance(value, dict):
+                    raise ConfigError("train.optimizer_options must be an object")
+                with config.train.optimizer_options.unlocked():
+                    config.train.optimizer_options.update(value)
+                continue
+            apply_overrides(config, {path: value if isinstance(value, str) else json.dumps(value)})
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
     return config
 
 
-def build_cell(model: ml_collections.ConfigDict) -> cells.Cell:
+# ----------------------------------------------------------------------------- typed configs
+# The core reads these frozen dataclasses, never the ConfigDict; their fields are the keys
+# of `get_config` (documented there), so `config.train.epochs` reads the same on both.
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    source: str
+    level: str
+    word_split: str
+    lowercase: bool
+    bos: str
+    eos: str
+    unk: str
+    max_vocab: int
+    min_count: int
+    train_fraction: float
+    max_train_lines: int
+    vocab_from_train_lines: bool
+    batcher: str
+    batch_size: int
+    seq_len: int
+    bucket: bool
+    shuffle: bool
+    pad_multiple: int
+    eval_batch_size: int
+    cache_dir: str
+    errors: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    cell: str
+    num_layers: int
+    hidden_size: int
+    embed_size: int
+    one_hot: bool
+    dropout: float
+    tie_weights: bool
+    output_bias: bool
+    init: str
+    init_scale: float
+    unroll: int
+    param_dtype: str
+    compute_dtype: str
+    fast_backward: bool
+    remat_segment: int
+    logits_chunk: int
+    gate_fn: str
+    activation: str
+    peepholes: bool
+    forget_bias: float
+    use_bias: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    optimizer: str
+    learning_rate: float
+    optimizer_options: Mapping[str, Any]  # read-only
+    clip_norm: float
+    epochs: int
+    max_steps: int
+    time_budget_minutes: float
+    regime: str
+    window_k: int
+    loss_reduction: str
+    lr_rule: str
+    lr_rule_metric: str
+    lr_decay_start: int
+    lr_decay: float
+    log_every: int
+    checkpoint_every: int
+    keep_checkpoints: int
+    on_nonfinite: str
+    eval_test: bool
+    eval_at_start: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleConfig:
+    num_samples: int
+    num_tokens: int
+    prime: str
+    temperature: float
+    top_k: int
+    top_p: float
+    greedy: bool
+    resample_once: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """A whole, validated run configuration (`resolve`)."""
+
+    seed: int
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+    sample: SampleConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"seed": self.seed}
+        for part in ("data", "model", "train", "sample"):
+            fields = dataclasses.fields(getattr(self, part))
+            out[part] = {f.name: getattr(getattr(self, part), f.name) for f in fields}
+        out["train"]["optimizer_options"] = dict(self.train.optimizer_options)
+        return out
+
+    def to_configdict(self) -> ml_collections.ConfigDict:
+        """The equal ConfigDict (locked like `get_config`), e.g. for `to_json`."""
+        return from_json(json.dumps(self.to_dict()))
+
+
+CHOICES = {
+    "data.level": ("char", "word"),
+    "data.word_split": ("whitespace", "regex"),
+    "data.batcher": ("stream", "sentences", "random_windows"),
+    "data.errors": ("strict", "replace"),
+    "model.cell": tuple(sorted(cells.CELLS)),
+    "model.init": ("uniform", "fan_in", "default"),
+    "model.param_dtype": ("float32", "float64", "bfloat16", "float16"),
+    "model.compute_dtype": ("", "float32", "float64", "bfloat16", "float16"),
+    "model.gate_fn": ("sigmoid", "tanh"),
+    "model.activation": ("tanh", "relu", "sigmoid"),
+    "train.optimizer": ("sgd", "momentum", "adagrad", "rmsprop", "adam", "adamw"),
+    "train.regime": ("full", "truncated", "window"),
+    "train.loss_reduction": ("token_mean", "batch_mean", "sum"),
+    "train.lr_rule": ("constant", "zaremba", "halve_when_loss_rises",
+                      "halve_when_likelihood_drops", "quarter_when_not_best"),
+    "train.lr_rule_metric": ("valid", "train", "train_eval"),
+    "train.on_nonfinite": ("stop", "skip"),
+}
+
+# key: (lowest, highest, text); None for no bound; `text` says the range in messages.
+RANGES = {
+    "seed": (0, None, "≥ 0"),
+    "data.max_vocab": (0, None, "≥ 0 (0: no cap)"),
+    "data.min_count": (1, None, "≥ 1"),
+    "data.max_train_lines": (0, None, "≥ 0 (0: all)"),
+    "data.batch_size": (1, None, "≥ 1"),
+    "data.seq_len": (1, None, "≥ 1"),
+    "data.pad_multiple": (1, None, "≥ 1"),
+    "data.eval_batch_size": (0, None, "≥ 0 (0: batch_size)"),
+    "model.num_layers": (1, None, "≥ 1"),
+    "model.hidden_size": (1, None, "≥ 1"),
+    "model.embed_size": (0, None, "≥ 0 (0: hidden_size)"),
+    "model.unroll": (1, None, "≥ 1"),
+    "model.remat_segment": (0, None, "≥ 0 (0: off)"),
+    "model.logits_chunk": (0, None, "≥ 0 (0: off)"),
+    "train.clip_norm": (0, None, "≥ 0 (0: off)"),
+    "train.epochs": (1, None, "≥ 1"),
+    "train.max_steps": (0, None, "≥ 0 (0: no limit)"),
+    "train.time_budget_minutes": (0, None, "≥ 0 (0: none)"),
+    "train.window_k": (0, None, "≥ 0"),
+    "train.lr_decay_start": (0, None, "≥ 0"),
+    "train.log_every": (1, None, "≥ 1"),
+    "train.checkpoint_every": (0, None, "≥ 0 (0: at epoch ends)"),
+    "train.keep_checkpoints": (1, None, "≥ 1"),
+    "sample.num_samples": (0, None, "≥ 0"),
+    "sample.num_tokens": (1, None, "≥ 1"),
+    "sample.top_k": (0, None, "≥ 0 (0: off)"),
+}
+
+# key: (test, text) for ranges with open ends.
+OPEN_RANGES = {
+    "data.train_fraction": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "model.dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "model.init_scale": (lambda v: v > 0, "> 0"),
+    "train.learning_rate": (lambda v: 0 < v < math.inf, "> 0 and finite"),
+    "train.lr_decay": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "sample.temperature": (lambda v: 0 < v < math.inf, "> 0 and finite"),
+    "sample.top_p": (lambda v: 0 < v <= 1, "in (0, 1] (1: off)"),
+}
+
+
+def _typed(cls, node: ml_collections.ConfigDict, prefix: str, problems: list[str]):
+    values = {}
+    for field in dataclasses.fields(cls):
+        key = prefix + field.name
+        value = node[field.name]
+        want = field.type if isinstance(field.type, str) else field.type.__name__
+        if want == "Mapping[str, Any]":
+            value = types.MappingProxyType(dict(value))
+        elif want == "float" and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        elif want in ("int", "float", "str", "bool") and type(value).__name__ != want:
+            problems.append(f"{key} must be a {want}, got {value!r}")
+        values[field.name] = value
+    return cls(**values)
+
+
+def _check(config: RunConfig, problems: list[str]) -> None:
+    def get(key):
+        node = config
+        for part in key.split("."):
+            node = getattr(node, part)
+        return node
+
+    for key, choices in CHOICES.items():
+        if get(key) not in choices:
+            problems.append(f"{key}={get(key)!r} is not one of {', '.join(map(repr, choices))}")
+    for key, (low, high, text) in RANGES.items():
+        value = get(key)
+        if isinstance(value, (int, float)) and not (
+                (low is None or value >= low) and (high is None or value <= high)):
+            problems.append(f"{key}={value!r} must be {text}")
+    for key, (test, text) in OPEN_RANGES.items():
+        value = get(key)
+        if isinstance(value, (int, float)) and not test(value):
+            problems.append(f"{key}={value!r} must be {text}")
+    m, t = config.model, config.train
+    if m.cell == "rnn" and m.activation == "sigmoid":
+        problems.append("model.activation='sigmoid' is for gates; the rnn cell takes 'tanh' "
+                        "or 'relu'")
+    if problems:
+        return
+    try:
+        build_cell(m)
+        build_lm_config(config, vocab_size=max(config.data.max_vocab, 2))
+    except (ConfigError, ValueError) as e:
+        problems.append(str(e))
+    from jax_lm import optim  # noqa: PLC0415 - optax is only needed here
+
+    try:
+        optim.make_optimizer(t.optimizer, t.learning_rate, clip_norm=t.clip_norm or None,
+                             **dict(t.optimizer_options))
+    except TypeError as e:
+        problems.append(f"train.optimizer_options {dict(t.optimizer_options)} do not fit "
+                        f"{t.optimizer!r}: {e}")
+
+
+def resolve(config: ml_collections.ConfigDict) -> RunConfig:
+    """Check a ConfigDict as a whole and return it typed and frozen; nothing is read or written.
+
+    Checks types, ranges, enumerations (naming the valid values), cross-field rules (cell
+    options, tied weights, optimizer options), the sample options, and the memory of the
+    model with the smallest vocabulary it can have (`check_memory`). All problems found
+    are reported in one ConfigError.
+    """
+    if isinstance(config, RunConfig):
+        return config
+    problems: list[str] = []
+    parts = {name: _typed(cls, config[name], f"{name}.", problems) for name, cls in
+             (("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig),
+              ("sample", SampleConfig))}
+    seed = config.seed
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        problems.append(f"seed must be an int, got {seed!r}")
+    typed = RunConfig(seed=seed, **parts)
+    if not problems:
+        _check(typed, problems)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    check_memory(typed, vocab_size=max(typed.data.max_vocab, 1))
+    return typed
+
+
+# ----------------------------------------------------------------------------- memory
+
+_BYTES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}
+_OPTIMIZER_COPIES = {"sgd": 0, "momentum": 1, "adagrad": 1, "rmsprop": 1, "adam": 2, "adamw": 2}
+_GATES = {"rnn": 1, "lstm": 4, "cifg": 3, "gru": 3}
+
+
+def estimate_memory(config: RunConfig, vocab_size: int) -> dict[str, int]:
+    """Rough bytes of a training step: parameters, optimizer state, activations, total.
+
+    Parameters: embedding V·E, per layer G·H·(I + H + 1), output H·V + V. Activations: the
+    gates and states of every position, B·T·(L·(G + 2)·H + 2·V) values (logits and their
+    gradient), in the compute dtype. An estimate for refusing hopeless configs early, not a
+    measurement.
+    """
+    m, d = config.model, config.data
+    gates, hidden = _GATES.get(m.cell, 4), m.hidden_size
+    embed = 0 if m.one_hot else (m.embed_size or hidden)
+    params, width = vocab_size * embed, vocab_size if m.one_hot else embed
+    for _ in range(m.num_layers):
+        params += gates * hidden * (width + hidden + 1)
+        width = hidden
+    params += (0 if m.tie_weights else hidden * vocab_size) + vocab_size
+    size = _BYTES.get(m.param_dtype, 4)
+    act_size = _BYTES.get(m.compute_dtype or m.param_dtype, 4)
+    positions = d.batch_size * (d.seq_len if d.batcher != "sentences" else 64)
+    logits = 2 * vocab_size if not m.logits_chunk else 0
+    activations = positions * (m.num_layers * (gates + 2) * hidden + logits) * act_size
+    estimate = {"parameters": params * size,
+                "optimizer state": params * size * _OPTIMIZER_COPIES.get(config.train.optimizer, 2),
+                "gradients": params * size, "activations": activations}
+    estimate["total"] = sum(estimate.values())
+    return estimate
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the default device can use: the accelerator's limit, else RAM."""
+    try:
+        import jax  # noqa: PLC0415
+
+        device = jax.devices()[0]
+        if device.platform != "cpu":
+            stats = device.memory_stats() or {}
+            if "bytes_limit" in stats:
+                return int(stats["bytes_limit"])
+    except Exception:  # noqa: BLE001 - no backend: fall back to RAM
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(config: RunConfig, vocab_size: int, available: int | None = None) -> None:
+    """ConfigError when the estimated memory of a step exceeds what the machine has."""
+    available = available_memory() if available is None else available
+    need = estimate_memory(config, vocab_size)
+    if available is None or need["total"] <= available:
+        return
+    gib = 2.0 ** 30
+    parts = ", ".join(f"{k} {v / gib:.1f}" for k, v in need.items() if k != "total")
+    raise ConfigError(f"the model needs about {need['total'] / gib:.1f} GiB of memory ({parts}) "
+                      f"but this machine has {available / gib:.1f} GiB; lower "
+                      "model.hidden_size, model.num_layers or data.batch_size")
+
+
+def build_cell(model) -> cells.Cell:
     """The cell named by `model.cell`, with the options that cell has.
 
     An option that the cell does not have must keep its base value; otherwise the config
@@ -240,19 +645,27 @@ def build_cell(model: ml_collections.ConfigDict) -> cells.Cell:
     fields = {f for f in cls.__dataclass_fields__}
     options = {}
     for name in ("gate_fn", "activation", "peepholes", "forget_bias", "use_bias"):
+        value = getattr(model, name)
         if name in fields:
-            options[name] = model[name]
-        elif model[name] != base[name]:
-            raise ConfigError(f"model.{name}={model[name]!r} does not apply to cell {model.cell!r}")
-    return cells.make_cell(model.cell, **options)
+            options[name] = value
+        elif value != base[name]:
+            raise ConfigError(f"model.{name}={value!r} does not apply to cell {model.cell!r}")
+    try:
+        return cells.make_cell(model.cell, **options)
+    except ValueError as e:
+        raise ConfigError(f"model: {e}") from None
 
 
-def build_lm_config(config: ml_collections.ConfigDict, vocab_size: int) -> LMConfig:
+def build_lm_config(config, vocab_size: int) -> LMConfig:
+    """The model's `LMConfig` (a ConfigDict or a `RunConfig`)."""
     m = config.model
-    return LMConfig(
-        vocab_size=vocab_size, cell=build_cell(m), num_layers=m.num_layers,
-        hidden_size=m.hidden_size, embed_size=m.embed_size or None, one_hot=m.one_hot,
-        dropout=m.dropout, tie_weights=m.tie_weights, output_bias=m.output_bias, init=m.init,
-        init_scale=m.init_scale, param_dtype=m.param_dtype, unroll=m.unroll,
-        compute_dtype=m.compute_dtype or None, fast_backward=m.fast_backward,
-        remat_segment=m.remat_segment, logits_chunk=m.logits_chunk)
+    try:
+        return LMConfig(
+            vocab_size=vocab_size, cell=build_cell(m), num_layers=m.num_layers,
+            hidden_size=m.hidden_size, embed_size=m.embed_size or None, one_hot=m.one_hot,
+            dropout=m.dropout, tie_weights=m.tie_weights, output_bias=m.output_bias,
+            init=m.init, init_scale=m.init_scale, param_dtype=m.param_dtype, unroll=m.unroll,
+            compute_dtype=m.compute_dtype or None, fast_backward=m.fast_backward,
+            remat_segment=m.remat_segment, logits_chunk=m.logits_chunk)
+    except ValueError as e:
+        raise ConfigError(f"model: {e}") from None

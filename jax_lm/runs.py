@@ -43,8 +43,8 @@ def read_config(run_dir: str | os.PathLike):
 
 def state_template(config, lm_config: LMConfig):
     """A TrainState of the right structure, shapes and dtypes to load a checkpoint into."""
-    return jax.eval_shape(lambda: train.init_train_state(
-        jax.random.key(0), lm_config, train.build_optimizer(config), config.data.batch_size))
+    return train.init_train_state(jax.random.key(0), lm_config, train.build_optimizer(config),
+                                  config.data.batch_size)
 
 
 def load_run(run_dir: str | os.PathLike, which: str = "best") -> Run:

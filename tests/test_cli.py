@@ -23,7 +23,7 @@ def stats(*args):
 
 
 def test_stats_prints_vocab_size_and_tokens_per_split(folder, tmp_path, capsys):
-    assert stats(folder, "--cache-dir", tmp_path / "cache") == 0
+    assert stats(folder, "--level", "word", "--eos", "<eos>", "--cache-dir", tmp_path / "cache") == 0
     out = capsys.readouterr().out.splitlines()
     assert "vocab_size         4" in out  # <eos> a b c
     assert "train              6 tokens, 2 lines" in out
@@ -51,7 +51,8 @@ def test_stats_options_reach_the_tokenizer_and_vocabulary(folder, tmp_path, caps
         "b",
         "c",
     )  # by count, then code point
-    assert stats(folder, "--eos", "", "--max-vocab", "2", "--cache-dir", tmp_path / "cache") == 0
+    assert stats(folder, "--level", "word", "--max-vocab", "2",
+                 "--cache-dir", tmp_path / "cache") == 0
     assert "vocab_size         2" in capsys.readouterr().out.splitlines()
 
 
@@ -82,6 +83,8 @@ def test_python_dash_m_jax_lm_runs_the_stats_command(folder, tmp_path):
         "jax_lm",
         "stats",
         str(folder),
+        "--level=word",
+        "--eos=<eos>",
         "--cache-dir",
         str(tmp_path / "cache"),
     ]
@@ -89,3 +92,22 @@ def test_python_dash_m_jax_lm_runs_the_stats_command(folder, tmp_path):
         command, capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1]
     )
     assert "vocab_size         4" in result.stdout
+
+
+def test_stats_and_train_agree_on_the_default_level_and_framing(tmp_path, capsys):
+    from jax_lm.config import get_config
+
+    assert stats("default", "--cache-dir", tmp_path / "cache") == 0
+    out = capsys.readouterr().out
+    assert f"level              {get_config().data.level}" in out
+    assert "vocab_size         103" in out  # the character vocabulary `jax-lm train` prints
+
+
+def test_configs_lists_every_shipped_config_with_its_purpose(capsys):
+    from jax_lm import config
+
+    assert main(["configs"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    names = sorted(p.stem for p in config.CONFIG_DIR.glob("*.py") if p.stem != "__init__")
+    assert sorted(line.split()[0] for line in lines) == names
+    assert all(len(line.split()) > 2 for line in lines)  # a name and a purpose

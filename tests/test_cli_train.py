@@ -73,4 +73,4 @@ def test_training_into_an_existing_run_is_refused_and_resume_of_nothing_fails(
     assert cli.main(["train", "--workdir", str(run_dir)]) == 1
     assert "already holds a run" in capsys.readouterr().err
     assert cli.main(["train", "--resume", str(tmp_path)]) == 1
-    assert "nothing to resume" in capsys.readouterr().err
+    assert "is not a run folder (no config.json)" in capsys.readouterr().err

@@ -6,7 +6,7 @@ import pytest
 
 from jax_lm import config as config_lib
 
-CONFIGS = sorted(p.stem for p in config_lib.CONFIG_DIR.glob("*.py"))
+CONFIGS = sorted(p.stem for p in config_lib.CONFIG_DIR.glob("*.py") if not p.stem.startswith("_"))
 
 
 def test_the_experiment_configs_are_found():
@@ -16,7 +16,7 @@ def test_the_experiment_configs_are_found():
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_loads_locked_and_builds_a_model(name):
     config = config_lib.load_config(name)
-    lm_config = config_lib.build_lm_config(config, vocab_size=50)
+    lm_config = config_lib.build_lm_config(config_lib.resolve(config), vocab_size=50)
     assert lm_config.hidden_size == config.model.hidden_size
     with pytest.raises(config_lib.ConfigError, match="unknown config key"):
         config_lib.apply_overrides(config, {"model.hidden_sizes": "3"})

@@ -59,6 +59,9 @@ def make_config(corpus, **extra):
 
 
 def quiet_fit(config, run_dir, **kwargs):
+    import datasets
+
+    datasets.disable_progress_bars()  # as the command line does: stderr holds only errors
     return fit.fit(config, run_dir, progress=False, print_fn=lambda _: None, **kwargs)
 
 
@@ -306,6 +309,7 @@ def test_a_failed_resume_leaves_the_run_folder_byte_identical(corpus, tmp_path, 
     run_dir = tmp_path / "run"
     quiet_fit(make_config(corpus, **{"train.max_steps": 3}), run_dir)
     before = snapshot(run_dir)
+    capsys.readouterr()
     bad = [
         ["--config.train.learning_rate=-1"],            # rejected by validation
         ["--config.model.hidden_size=32"],              # the checkpoint does not fit
@@ -449,6 +453,7 @@ def test_sample_on_a_run_without_a_checkpoint_says_so(corpus, tmp_path, capsys):
     assert "no checkpoint" in capsys.readouterr().err
 
 
-def test_debug_shows_the_traceback(tmp_path, capsys):
+def test_debug_shows_the_traceback(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(config_lib.ConfigError):
         cli.main(["--debug", "train", "--config.train.epochs=0"])

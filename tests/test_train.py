@@ -319,3 +319,72 @@ def test_prefetch_to_device_reads_at_most_size_batches_ahead():
     assert len(read) == 4
     with pytest.raises(ValueError, match="size"):
         next(pipeline.prefetch_to_device(iter([]), size=0))
+
+
+def test_the_zaremba_rule_through_the_loop_decays_after_its_start_epoch(corpus_file, tmp_path):
+    config = _config(corpus_file, tmp_path, **{
+        "train.optimizer": "sgd", "train.learning_rate": 1.0, "train.lr_rule": "zaremba",
+        "train.lr_decay_start": 2, "train.lr_decay": 0.5, "train.epochs": 4})
+    _run(config, tmp_path / "run")
+    records = _records(tmp_path / "run")
+    assert [r["next_lr"] for r in records if "next_lr" in r] == [1.0, 0.5, 0.25, 0.125]
+    used = sorted({r["lr"] for r in records if "train_loss" in r}, reverse=True)
+    assert used == [1.0, 0.5, 0.25]  # the last decay applies after the last epoch
+
+
+def test_eval_batch_size_changes_the_batching_not_the_score(corpus_file, tmp_path):
+    config = _config(corpus_file, tmp_path)
+    corpus = pipeline.load_run_corpus(config)
+    lm_config = config_lib.build_lm_config(config, corpus.vocab.size)
+    params = model.init_lm(jax.random.key(0), lm_config)
+    base = train.evaluate(params, lm_config, pipeline.eval_batches(config, corpus, "valid"))
+    config_lib.apply_overrides(config, {"data.eval_batch_size": "1"})
+    shapes = {b.inputs.shape[0] for b in pipeline.eval_batches(config, corpus, "valid")}
+    one = train.evaluate(params, lm_config, pipeline.eval_batches(config, corpus, "valid"))
+    assert shapes == {1}
+    # One row scores the whole split as one stream (no row boundaries): close, not equal.
+    assert one["tokens"] == base["tokens"] and one["nll"] == pytest.approx(base["nll"], rel=0.05)
+
+
+def test_eval_test_false_skips_the_test_split(tmp_path):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    for split in ("train", "valid", "test"):
+        (folder / f"{split}.txt").write_text(TEXT)
+    on = _run(_config(folder, tmp_path, **{"train.max_steps": 2}), tmp_path / "on")
+    off = _run(_config(folder, tmp_path, **{"train.max_steps": 2, "train.eval_test": False}),
+               tmp_path / "off")
+    assert "test_ppl" in on and "test_ppl" not in off
+
+
+def test_optimizer_options_reach_optax(corpus_file, tmp_path):
+    """adam with b1=0 and a huge eps moves params far less than the default adam."""
+    moved = []
+    for options in ({}, {"train.optimizer_options.eps": 1e3}):
+        config = _config(corpus_file, tmp_path, **{"train.max_steps": 3, **options})
+        run_dir = tmp_path / f"run{len(moved)}"
+        _run(config, run_dir)
+        state = runs.load_run(run_dir, "latest")
+        init = train.init_train_state(jax.random.key(0), state.lm_config,
+                                      train.build_optimizer(state.config), 1).params
+        moved.append(sum(float(np.abs(a - b).sum()) for a, b in
+                         zip(jax.tree.leaves(state.params), jax.tree.leaves(init))))
+    assert moved[1] < 0.01 * moved[0]
+
+
+def test_word_split_regex_separates_punctuation(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text("Hello, world! Bye.\n" * 20)
+    whitespace = pipeline.load_run_corpus(_config(path, tmp_path, **{"data.level": "word"}))
+    regex = pipeline.load_run_corpus(_config(path, tmp_path, **{
+        "data.level": "word", "data.word_split": "regex"}))
+    assert "world!" in whitespace.vocab.index and "world!" not in regex.vocab.index
+    assert {",", "!", "."} <= set(regex.vocab.index)
+
+
+def test_keep_checkpoints_keeps_that_many_step_files(corpus_file, tmp_path):
+    config = _config(corpus_file, tmp_path, **{"train.checkpoint_every": 2,
+                                               "train.keep_checkpoints": 3, "train.max_steps": 11})
+    _run(config, tmp_path / "run")
+    assert checkpoint.saved_steps(tmp_path / "run") == [8, 10, 11]
+    assert checkpoint.best_path(tmp_path / "run").exists()

@@ -1,0 +1,1 @@
+"""The shipped configs (experiments/configs), packaged as `jax_lm.configs`."""
