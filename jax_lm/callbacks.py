@@ -64,12 +64,16 @@ class Callback:
         pass
 
 
-def fmt(value: float, spec: str = ".2f") -> str:
-    """A figure for people: `inf` / `nan` for non-finite or overflowing values."""
+def fmt(value, spec: str = ".2f") -> str:
+    """A figure for people: `inf` / `nan` when not finite, powers of ten when huge."""
+    if isinstance(value, str):  # "inf" / "nan" as read back from metrics.jsonl
+        value = float(value)
     if not isinstance(value, (int, float)) or math.isnan(value):
         return "nan"
-    if math.isinf(value) or abs(value) >= 1e12:
+    if math.isinf(value):
         return "inf" if value > 0 else "-inf"
+    if abs(value) >= 1e9:
+        return format(value, ".3g")
     return format(value, spec)
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import signal
 import threading
 import time
@@ -469,7 +468,7 @@ class _Loop:
             epoch = host.epoch + 1
             train_nll = host.epoch_nll / max(host.epoch_tokens, 1.0)
             record = {"epoch": epoch, "step": self.step, "train_nll": train_nll,
-                      "train_ppl": math.exp(min(train_nll, 700.0))}
+                      "train_ppl": train.perplexity(train_nll)}
             best = host.best_valid
             if "valid" in self.corpus.splits:
                 valid = self._evaluate(state.params, "valid")

@@ -76,7 +76,7 @@ def make_train_step(config: LMConfig, optimizer, *, regime: str = "truncated", w
                     reduction: str = "token_mean", jit: bool = True) -> Callable:
     """A jitted `train_step(state, batch) -> (state, StepMetrics)`; `state` is donated.
 
-    (`jit=False`: the plain function, e.g. to vmap it over seeds in `jax_lm.multiseed`.)
+    (`jit=False`: the plain function, e.g. to vmap it over a population in `jax_lm.fit`.)
 
     Regimes: "full" starts every batch from the zero state (whole sequences, 000/001);
     "truncated" carries each row's state into the next window (the stream layout), and
@@ -163,8 +163,13 @@ def evaluate(params: Params, config: LMConfig, batches: Iterator[batching.Batch]
     if count == 0:
         raise TrainingError("evaluation saw no tokens")
     mean = total / count
-    return {"nll": mean, "ppl": math.exp(min(mean, 700.0)), "bits": mean / math.log(2),
+    return {"nll": mean, "ppl": perplexity(mean), "bits": mean / math.log(2),
             "tokens": int(count)}
+
+
+def perplexity(mean_nll: float) -> float:
+    """exp(mean NLL); inf where that overflows a float (a diverged model), nan for nan."""
+    return math.exp(mean_nll) if mean_nll < 709.0 or mean_nll != mean_nll else math.inf
 
 
 def build_optimizer(config) -> optax.GradientTransformation:
