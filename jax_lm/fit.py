@@ -409,7 +409,7 @@ class _Loop:
                 kept = (f"kept checkpoint {last} (finite parameters)" if last else
                         "no checkpoint was written yet")
                 raise TrainingError(
-                    f"non-finite loss, gradient or update at step {first_bad + 1} "
+                    f"non-finite loss or gradient at step {first_bad + 1} "
                     f"(epoch {host.epoch + 1}); training stopped, {kept}. Lower "
                     "train.learning_rate, or set train.on_nonfinite='skip'")
             host = dataclasses.replace(host, epoch_nll=host.epoch_nll + nll,

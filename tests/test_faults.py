@@ -353,7 +353,7 @@ def test_a_diverging_run_stops_and_every_saved_checkpoint_is_finite(corpus, tmp_
                        "--config.train.clip_norm=0", "--config.train.log_every=1"])
     err = capsys.readouterr().err
     assert status == 1 and err.count("\n") == 1
-    assert "non-finite loss, gradient or update at step 1" in err
+    assert "non-finite loss or gradient at step 2" in err
     assert "kept checkpoint" in err and "step_00000000" in err
     for path in [*(run_dir / "checkpoints").glob("*.msgpack")]:
         run = runs.load_run(run_dir, str(path))
