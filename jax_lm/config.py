@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import ml_collections
+import numpy as np
 
 from jax_lm import cells
 from jax_lm.model import LMConfig
@@ -532,9 +533,9 @@ def _check(config: RunConfig, problems: list[str]) -> None:
         problems.append(str(e))
     from jax_lm import optim  # noqa: PLC0415 - optax is only needed here
 
-    try:
+    try:  # optax builds the transformation lazily: init one tiny tree to try the options
         optim.make_optimizer(t.optimizer, t.learning_rate, clip_norm=t.clip_norm or None,
-                             **dict(t.optimizer_options))
+                             **dict(t.optimizer_options)).init({"w": np.zeros(1, np.float32)})
     except TypeError as e:
         problems.append(f"train.optimizer_options {dict(t.optimizer_options)} do not fit "
                         f"{t.optimizer!r}: {e}")
