@@ -185,7 +185,11 @@ def _check_population(configs, workdirs) -> None:
 
 
 class _Loop:
-    """The setup of one fit call (immutable after __init__) and its phases."""
+    """One fit call: its setup (fixed after __init__), its step counter, and its phases.
+
+    The phases take and return the device state and the members' `HostState`s; nothing
+    else changes between them but `step`.
+    """
 
     def __init__(self, configs, folders: list[RunDir], callbacks: list[Callback],
                  signals: _Signals, print_fn, resume: bool):

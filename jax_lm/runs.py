@@ -35,10 +35,7 @@ class Run(NamedTuple):
 def read_config(run_dir: str | os.PathLike):
     """The ConfigDict saved in a run folder (errors name the folder and the problem)."""
     folder = RunDir(run_dir)
-    try:
-        return config_lib.from_json(folder.read_config_text(), source=str(folder.path / "config.json"))
-    except TypeError:  # from_json without a `source` argument
-        return config_lib.from_json(folder.read_config_text())
+    return config_lib.from_json(folder.read_config_text(), source=str(folder.path / "config.json"))
 
 
 def state_template(config, lm_config: LMConfig):
