@@ -87,10 +87,21 @@ def save_checkpoint(path: str | os.PathLike, state, metadata: dict | None = None
         {"state": _to_host(state), "metadata": json.dumps(metadata or {})})
     data = serialization.msgpack_serialize(
         {"format": FORMAT, "sha256": hashlib.sha256(payload).hexdigest(), "payload": payload})
+    return write_atomic(path, data)
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Replace the file `path` by `data` in one step: a reader sees the old file or the new.
+
+    Written under a temporary name (``.tmp-<name>-*``) in the same folder, flushed, then
+    renamed over `path` (`os.replace`, atomic on POSIX); the folder entry is flushed too.
+    """
+    path = Path(path)
+    payload = data.encode() if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            f.write(payload)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

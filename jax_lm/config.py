@@ -288,24 +288,40 @@ def from_json(text: str, source: str = "config.json") -> ml_collections.ConfigDi
     if not isinstance(saved, dict):
         raise ConfigError(f"{source} does not hold a config (a JSON object)")
 
-    def flatten(d, prefix=""):
-        for k, v in d.items():
-            if isinstance(v, dict) and not (prefix + k == "train.optimizer_options"):
-                yield from flatten(v, f"{prefix}{k}.")
-            else:
-                yield prefix + k, v
+    problems: list[str] = []
 
-    try:
-        for path, value in flatten(saved):
-            if path == "train.optimizer_options":
-                if not isinstance(value, dict):
-                    raise ConfigError("train.optimizer_options must be an object")
-                with config.train.optimizer_options.unlocked():
-                    config.train.optimizer_options.update(value)
+    def merge(node: ml_collections.ConfigDict, saved: dict, prefix: str) -> None:
+        for key, value in saved.items():
+            path = prefix + key
+            if key not in node:
+                problems.append(f"unknown config key {path!r}"
+                                + (f" ({prefix[:-1]} has {', '.join(node.keys())})"
+                                   if prefix else " (a config has seed, data, model, train, "
+                                   "sample)"))
                 continue
-            apply_overrides(config, {path: value if isinstance(value, str) else json.dumps(value)})
-    except ConfigError as e:
-        raise ConfigError(f"{source}: {e}") from None
+            current = node[key]
+            if path == "train.optimizer_options":
+                if isinstance(value, dict):
+                    with current.unlocked():
+                        current.update(value)
+                else:
+                    problems.append(f"{path} must be a JSON object, got {value!r}")
+            elif isinstance(current, ml_collections.ConfigDict):
+                if isinstance(value, dict):
+                    merge(current, value, path + ".")
+                else:
+                    problems.append(f"{path} must be a JSON object of keys, got {value!r}")
+            else:
+                want = type(current).__name__
+                if _type_ok(want, value):
+                    node[key] = float(value) if want == "float" else value
+                else:
+                    problems.append(f"{path} must be {_TYPE_WORDS.get(want, want)}, "
+                                    f"got {value!r}")
+
+    merge(config, saved, "")
+    if problems:
+        raise ConfigError(f"{source}: " + "; ".join(problems))
     return config
 
 
@@ -445,7 +461,7 @@ CHOICES = {
 
 # key: (lowest, highest, text); None for no bound; `text` says the range in messages.
 RANGES = {
-    "seed": (0, None, "≥ 0"),
+    "seed": (0, 2**32 - 1, "≥ 0 and < 2**32"),
     "data.max_vocab": (0, None, "≥ 0 (0: no cap)"),
     "data.min_count": (1, None, "≥ 1"),
     "data.max_train_lines": (0, None, "≥ 0 (0: all)"),
@@ -473,32 +489,94 @@ RANGES = {
     "sample.top_k": (0, None, "≥ 0 (0: off)"),
 }
 
-# key: (test, text) for ranges with open ends.
+# key: (test, text) for ranges with open ends (NaN fails every test).
 OPEN_RANGES = {
     "data.train_fraction": (lambda v: 0 < v < 1, "in (0, 1)"),
     "model.dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "model.init_scale": (lambda v: v > 0, "> 0"),
+    "model.init_scale": (lambda v: 0 < v < math.inf, "> 0 and finite"),
+    "model.forget_bias": (math.isfinite, "finite"),
     "train.learning_rate": (lambda v: 0 < v < math.inf, "> 0 and finite"),
     "train.lr_decay": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "sample.temperature": (lambda v: 0 < v < math.inf, "> 0 and finite"),
     "sample.top_p": (lambda v: 0 < v <= 1, "in (0, 1] (1: off)"),
 }
 
+_TYPE_WORDS = {"int": "an integer", "float": "a number", "str": "a string",
+               "bool": "true or false"}
 
-def _typed(cls, node: ml_collections.ConfigDict, prefix: str, problems: list[str]):
-    values = {}
+
+def _type_ok(want: str, value) -> bool:
+    if want == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if want == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    return type(value).__name__ == want
+
+
+def _typed(cls, node, prefix: str, problems: list[str]):
+    """`node` as the frozen dataclass `cls`, or None; type and key problems go to `problems`."""
+    if not isinstance(node, ml_collections.ConfigDict):
+        problems.append(f"{prefix[:-1]} must be a group of keys (a ConfigDict), got {node!r}")
+        return None
+    names = [f.name for f in dataclasses.fields(cls)]
+    for extra in sorted(set(node.keys()) - set(names)):
+        problems.append(f"unknown config key {prefix + extra!r}; {prefix[:-1]} has "
+                        f"{', '.join(names)}")
+    values, complete = {}, True
     for field in dataclasses.fields(cls):
         key = prefix + field.name
+        if field.name not in node:
+            problems.append(f"{key} is missing (get_config() has every key)")
+            complete = False
+            continue
         value = node[field.name]
         want = field.type if isinstance(field.type, str) else field.type.__name__
         if want == "Mapping[str, Any]":
-            value = types.MappingProxyType(dict(value))
-        elif want == "float" and isinstance(value, int) and not isinstance(value, bool):
+            if not isinstance(value, (Mapping, ml_collections.ConfigDict)):
+                problems.append(f"{key} must be a group of keys (e.g. {key}.eps=1e-8), "
+                                f"got {value!r}")
+                value = {}
+            value = types.MappingProxyType(
+                value.to_dict() if isinstance(value, ml_collections.ConfigDict) else dict(value))
+        elif not _type_ok(want, value):
+            problems.append(f"{key} must be {_TYPE_WORDS.get(want, want)}, got {value!r}")
+        elif want == "float":
             value = float(value)
-        elif want in ("int", "float", "str", "bool") and type(value).__name__ != want:
-            problems.append(f"{key} must be a {want}, got {value!r}")
         values[field.name] = value
-    return cls(**values)
+    return cls(**values) if complete else None
+
+
+def _optimizer_problem(train: TrainConfig) -> str | None:
+    """What is wrong with `train.optimizer_options` for `train.optimizer`, or None."""
+    import inspect  # noqa: PLC0415
+
+    from jax_lm import optim  # noqa: PLC0415 - optax is only needed here
+
+    options = dict(train.optimizer_options)
+    if not options:
+        return None
+    try:
+        accepted = [p for p in inspect.signature(optim.OPTIMIZERS[train.optimizer]).parameters
+                    if p != "learning_rate"]
+    except (TypeError, ValueError):
+        accepted = None
+    unknown = sorted(set(options) - set(accepted)) if accepted is not None else []
+    if unknown:
+        return (f"{', '.join('train.optimizer_options.' + k for k in unknown)} "
+                f"{'is not an option' if len(unknown) == 1 else 'are not options'} of "
+                f"{train.optimizer!r} (its options: {', '.join(accepted)})")
+    try:  # optax builds the transformation lazily: init one tiny tree to try the values
+        optim.make_optimizer(train.optimizer, train.learning_rate,
+                             clip_norm=train.clip_norm or None,
+                             **options).init({"w": np.zeros(1, np.float32)})
+    except (TypeError, ValueError) as e:
+        return f"train.optimizer_options {options} do not fit {train.optimizer!r}: {e}"
+    return None
+
+
+def _special_tokens(data: DataConfig) -> list[str]:
+    """The distinct special tokens a vocabulary can hold: bos, eos, unk (those set)."""
+    return list(dict.fromkeys(t for t in (data.bos, data.eos, data.unk) if t))
 
 
 def _check(config: RunConfig, problems: list[str]) -> None:
@@ -509,58 +587,97 @@ def _check(config: RunConfig, problems: list[str]) -> None:
         return node
 
     for key, choices in CHOICES.items():
-        if get(key) not in choices:
-            problems.append(f"{key}={get(key)!r} is not one of {', '.join(map(repr, choices))}")
+        value = get(key)
+        if isinstance(value, str) and value not in choices:  # other types: reported already
+            problems.append(f"{key}={value!r} is not one of {', '.join(map(repr, choices))}")
     for key, (low, high, text) in RANGES.items():
         value = get(key)
-        if isinstance(value, (int, float)) and not (
+        if _type_ok("float", value) and not (
                 (low is None or value >= low) and (high is None or value <= high)):
             problems.append(f"{key}={value!r} must be {text}")
     for key, (test, text) in OPEN_RANGES.items():
         value = get(key)
-        if isinstance(value, (int, float)) and not test(value):
+        if _type_ok("float", value) and not test(value):
             problems.append(f"{key}={value!r} must be {text}")
-    m, t = config.model, config.train
+    if problems:  # the rules below read the fields as valid
+        return
+    m, t, d = config.model, config.train, config.data
     if m.cell == "rnn" and m.activation == "sigmoid":
         problems.append("model.activation='sigmoid' is for gates; the rnn cell takes 'tanh' "
                         "or 'relu'")
+    if m.tie_weights and m.one_hot:
+        problems.append("model.tie_weights=True needs an embedding to tie, but model.one_hot="
+                        "True has none; set one of them to false")
+    elif m.tie_weights and m.embed_size not in (0, m.hidden_size):
+        problems.append(f"model.tie_weights=True needs the embedding as wide as "
+                        f"model.hidden_size={m.hidden_size}, got model.embed_size="
+                        f"{m.embed_size}; set model.embed_size=0 (or {m.hidden_size})")
+    if t.regime == "window" and m.dropout:
+        problems.append(f"train.regime='window' does not support model.dropout={m.dropout}; "
+                        "set model.dropout=0 or train.regime to 'full' or 'truncated'")
+    wide = [f"model.{k}={getattr(m, k)!r}" for k in ("param_dtype", "compute_dtype")
+            if getattr(m, k) == "float64"]
+    if wide and not _x64_enabled():
+        problems.append(f"{' and '.join(wide)} needs 64-bit JAX, which is off: set "
+                        "JAX_ENABLE_X64=1 in the environment (or use float32)")
+    specials = _special_tokens(d)
+    if 0 < d.max_vocab <= len(specials):
+        problems.append(f"data.max_vocab={d.max_vocab} must be 0 (no cap) or more than the "
+                        f"{len(specials)} special token{'s' * (len(specials) > 1)} "
+                        f"({', '.join(map(repr, specials))})")
     if problems:
         return
     try:
-        build_cell(m)
-        build_lm_config(config, vocab_size=max(config.data.max_vocab, 2))
-    except (ConfigError, ValueError) as e:
+        build_lm_config(config, vocab_size=max(d.max_vocab, 2))
+    except ConfigError as e:
         problems.append(str(e))
-    from jax_lm import optim  # noqa: PLC0415 - optax is only needed here
+    problem = _optimizer_problem(t)
+    if problem:
+        problems.append(problem)
 
-    try:  # optax builds the transformation lazily: init one tiny tree to try the options
-        optim.make_optimizer(t.optimizer, t.learning_rate, clip_norm=t.clip_norm or None,
-                             **dict(t.optimizer_options)).init({"w": np.zeros(1, np.float32)})
-    except TypeError as e:
-        problems.append(f"train.optimizer_options {dict(t.optimizer_options)} do not fit "
-                        f"{t.optimizer!r}: {e}")
+
+def _x64_enabled() -> bool:
+    import jax  # noqa: PLC0415
+
+    return bool(jax.config.jax_enable_x64)
 
 
 def resolve(config: ml_collections.ConfigDict) -> RunConfig:
     """Check a ConfigDict as a whole and return it typed and frozen; nothing is read or written.
 
-    Checks types, ranges, enumerations (naming the valid values), cross-field rules (cell
-    options, tied weights, optimizer options), the sample options, and the memory of the
-    model with the smallest vocabulary it can have (`check_memory`). All problems found
-    are reported in one ConfigError.
+    Checks keys and types (an integer is a fine float; true/false is not a number), ranges,
+    enumerations (naming the valid values), cross-field rules (cell options, tied weights,
+    the window regime without dropout, float64 needing 64-bit JAX, the vocabulary cap and
+    the special tokens, optimizer options), and the memory of the model with the smallest
+    vocabulary it can have (`check_memory` with data.max_vocab or 1). Every problem found is
+    reported in one ConfigError: one sentence each, "key=value must be ..." or "key=value is
+    not one of ...", joined by "; ".
     """
     if isinstance(config, RunConfig):
         return config
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"a config must be an ml_collections.ConfigDict (get_config()), got a "
+                          f"{type(config).__name__}")
     problems: list[str] = []
-    parts = {name: _typed(cls, config[name], f"{name}.", problems) for name, cls in
-             (("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig),
-              ("sample", SampleConfig))}
-    seed = config.seed
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        problems.append(f"seed must be an int, got {seed!r}")
+    sections = (("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig),
+                ("sample", SampleConfig))
+    for extra in sorted(set(config.keys()) - {"seed"} - {name for name, _ in sections}):
+        problems.append(f"unknown config key {extra!r}; a config has seed, data, model, train "
+                        "and sample")
+    parts = {name: _typed(cls, config[name], f"{name}.", problems) if name in config else None
+             for name, cls in sections}
+    for name, part in parts.items():
+        if name not in config:
+            problems.append(f"{name} is missing (get_config() has every key)")
+    seed = config.get("seed")
+    if "seed" not in config:
+        problems.append("seed is missing (get_config() has every key)")
+    elif not _type_ok("int", seed):
+        problems.append(f"seed must be an integer, got {seed!r}")
+    if any(part is None for part in parts.values()) or "seed" not in config:
+        raise ConfigError("; ".join(problems))
     typed = RunConfig(seed=seed, **parts)
-    if not problems:
-        _check(typed, problems)
+    _check(typed, problems)
     if problems:
         raise ConfigError("; ".join(problems))
     check_memory(typed, vocab_size=max(typed.data.max_vocab, 1))
@@ -577,10 +694,12 @@ _GATES = {"rnn": 1, "lstm": 4, "cifg": 3, "gru": 3}
 def estimate_memory(config: RunConfig, vocab_size: int) -> dict[str, int]:
     """Rough bytes of a training step: parameters, optimizer state, activations, total.
 
-    Parameters: embedding V·E, per layer G·H·(I + H + 1), output H·V + V. Activations: the
-    gates and states of every position, B·T·(L·(G + 2)·H + 2·V) values (logits and their
-    gradient), in the compute dtype. An estimate for refusing hopeless configs early, not a
-    measurement.
+    Parameters: embedding V·E, per layer G·H·(I + H + 1), output H·V + V. Activations of a
+    training step: the embedded inputs, the gates and states of every layer and position,
+    and the logits with their gradient, B·T·(E + L·(G + 2)·H + 2·V) values in the compute
+    dtype (`logits_chunk` C: 2·C·V for the logits); evaluation (forward only, batch
+    `eval_batch_size`) counts when it needs more. Reads only the config: nothing is
+    allocated. An estimate for refusing hopeless configs early, not a measurement.
     """
     m, d = config.model, config.data
     gates, hidden = _GATES.get(m.cell, 4), m.hidden_size
@@ -592,9 +711,17 @@ def estimate_memory(config: RunConfig, vocab_size: int) -> dict[str, int]:
     params += (0 if m.tie_weights else hidden * vocab_size) + vocab_size
     size = _BYTES.get(m.param_dtype, 4)
     act_size = _BYTES.get(m.compute_dtype or m.param_dtype, 4)
-    positions = d.batch_size * (d.seq_len if d.batcher != "sentences" else 64)
-    logits = 2 * vocab_size if not m.logits_chunk else 0
-    activations = positions * (m.num_layers * (gates + 2) * hidden + logits) * act_size
+    steps = d.seq_len if d.batcher != "sentences" else 64  # sentences: a typical length
+
+    def values(batch, per_layer, logit_copies):
+        positions = batch * steps
+        scored = min(positions, m.logits_chunk) if m.logits_chunk else positions
+        return positions * (embed + m.num_layers * per_layer * hidden) \
+            + logit_copies * scored * vocab_size
+
+    train = values(d.batch_size, gates + 2, 2)
+    evaluate = values(d.eval_batch_size or d.batch_size, 2, 1)
+    activations = max(train, evaluate) * act_size
     estimate = {"parameters": params * size,
                 "optimizer state": params * size * _OPTIMIZER_COPIES.get(config.train.optimizer, 2),
                 "gradients": params * size, "activations": activations}
@@ -604,6 +731,12 @@ def estimate_memory(config: RunConfig, vocab_size: int) -> dict[str, int]:
 
 def available_memory() -> int | None:
     """Bytes of memory the default device can use: the accelerator's limit, else RAM."""
+    return _available_memory()[0]
+
+
+def _available_memory() -> tuple[int | None, str]:
+    """(bytes, what has them): the accelerator's `bytes_limit` when JAX's default device is
+    not the CPU, else the physical memory. Allocates nothing."""
     try:
         import jax  # noqa: PLC0415
 
@@ -611,25 +744,33 @@ def available_memory() -> int | None:
         if device.platform != "cpu":
             stats = device.memory_stats() or {}
             if "bytes_limit" in stats:
-                return int(stats["bytes_limit"])
+                return int(stats["bytes_limit"]), f"this {device.platform.upper()}"
     except Exception:  # noqa: BLE001 - no backend: fall back to RAM
         pass
     try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "this machine"
     except (ValueError, OSError, AttributeError):
-        return None
+        return None, "this machine"
 
 
 def check_memory(config: RunConfig, vocab_size: int, available: int | None = None) -> None:
-    """ConfigError when the estimated memory of a step exceeds what the machine has."""
-    available = available_memory() if available is None else available
+    """ConfigError when the estimated memory of a training step exceeds what there is.
+
+    `available`: bytes (default `available_memory()`: the accelerator's limit, else RAM).
+    The message: "the model needs about 58.2 GiB of memory (parameters 14.9, optimizer
+    state 29.8, gradients 14.9, activations 13.5) but this machine has 23.4 GiB; lower
+    model.hidden_size, model.num_layers or data.batch_size".
+    """
+    where = "this machine"
+    if available is None:
+        available, where = _available_memory()
     need = estimate_memory(config, vocab_size)
     if available is None or need["total"] <= available:
         return
     gib = 2.0 ** 30
     parts = ", ".join(f"{k} {v / gib:.1f}" for k, v in need.items() if k != "total")
     raise ConfigError(f"the model needs about {need['total'] / gib:.1f} GiB of memory ({parts}) "
-                      f"but this machine has {available / gib:.1f} GiB; lower "
+                      f"but {where} has {available / gib:.1f} GiB; lower "
                       "model.hidden_size, model.num_layers or data.batch_size")
 
 
@@ -651,6 +792,9 @@ def build_cell(model) -> cells.Cell:
             options[name] = value
         elif value != base[name]:
             raise ConfigError(f"model.{name}={value!r} does not apply to cell {model.cell!r}")
+    if model.cell == "cifg" and model.forget_bias != base.forget_bias:
+        raise ConfigError(f"model.forget_bias={model.forget_bias!r} does not apply to cell "
+                          "'cifg' (a coupled cell has no forget gate to bias)")
     try:
         return cells.make_cell(model.cell, **options)
     except ValueError as e:
@@ -668,5 +812,7 @@ def build_lm_config(config, vocab_size: int) -> LMConfig:
             init=m.init, init_scale=m.init_scale, param_dtype=m.param_dtype, unroll=m.unroll,
             compute_dtype=m.compute_dtype or None, fast_backward=m.fast_backward,
             remat_segment=m.remat_segment, logits_chunk=m.logits_chunk)
+    except ConfigError:
+        raise
     except ValueError as e:
         raise ConfigError(f"model: {e}") from None

@@ -20,12 +20,12 @@ logged after it (a torn last line included); a new folder whose start fails is r
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
 import socket
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -34,6 +34,7 @@ from typing import Any, Iterator
 import filelock
 
 from jax_lm import checkpoint
+from jax_lm.checkpoint import write_atomic
 
 CONFIG = "config.json"
 VOCAB = "vocab.json"
@@ -47,23 +48,6 @@ HOLDER = ".lock.holder"
 
 class RunFolderError(RuntimeError):
     """The run folder cannot be used as asked (in use, already a run, not a run, unwritable)."""
-
-
-def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Replace `path` by `data` in one step: a reader sees the old file or the new one."""
-    path = Path(path)
-    payload = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _process_alive(pid: int) -> bool:
@@ -201,14 +185,9 @@ class RunDir:
 
     def save_figure(self, figure, name: str = CURVES) -> None:
         """A matplotlib Figure as a PNG, replaced atomically."""
-        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{name}-", suffix=".png", dir=self.path)
-        os.close(fd)
-        try:
-            figure.savefig(tmp, dpi=100)
-            os.replace(tmp, self.path / name)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        png = io.BytesIO()
+        figure.savefig(png, format="png", dpi=100)
+        write_atomic(self.path / name, png.getvalue())
 
     # ----------------------------------------------------------------- the metrics log
 

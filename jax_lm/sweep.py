@@ -121,10 +121,10 @@ def run_sweep(sweep: str | os.PathLike, sweep_dir: str | os.PathLike, *,
                         "seconds": final.get("train_seconds"),
                         "num_params": final.get("num_params"),
                         **{k: v for k, v in final.items() if k.startswith(("valid_", "test_"))}})
-    rundir.write_atomic(sweep_dir / "results.jsonl",
+    checkpoint.write_atomic(sweep_dir / "results.jsonl",
                         "".join(json.dumps(record) + "\n" for record in records))
     table = summarize(records)
-    rundir.write_atomic(sweep_dir / "results.md", format_table(table))
+    checkpoint.write_atomic(sweep_dir / "results.md", format_table(table))
     rundir.RunDir(sweep_dir).save_figure(plots.summary_figure(table), "results.png")
     print_fn(format_table(table))
     return records

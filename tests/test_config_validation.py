@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import types
 
+import ml_collections
 import pytest
 
 from jax_lm import config as config_lib
@@ -41,7 +42,8 @@ BAD = [
     ({"model.tie_weights": "true", "model.embed_size": "32"}, "tie_weights"),
     ({"model.tie_weights": "true", "model.one_hot": "true"}, "tie_weights"),
     ({"train.optimizer": "lbfgs"}, "train.optimizer='lbfgs' is not one of"),
-    ({"train.optimizer_options.nesterov_please": "1"}, "do not fit 'adam'"),
+    ({"train.optimizer_options.nesterov_please": "1"},
+     "train.optimizer_options.nesterov_please is not an option of 'adam' (its options: b1,"),
     ({"train.learning_rate": "0.0"}, "train.learning_rate=0.0 must be > 0 and finite"),
     ({"train.learning_rate": "1e999"}, "must be > 0 and finite"),
     ({"train.clip_norm": "-1.0"}, "train.clip_norm"),
@@ -61,6 +63,35 @@ BAD = [
     ({"sample.top_k": "-1"}, "sample.top_k"),
     ({"sample.top_p": "0.0"}, "sample.top_p=0.0 must be in (0, 1]"),
     ({"model.hidden_size": "1000000"}, "GiB of memory"),
+    ({"model.remat_segment": "-1"}, "model.remat_segment=-1 must be ≥ 0"),
+    ({"model.logits_chunk": "-1"}, "model.logits_chunk=-1 must be ≥ 0"),
+    ({"model.init_scale": "1e999"}, "model.init_scale=inf must be > 0 and finite"),
+    ({"model.cell": "cifg", "model.forget_bias": "1.0"},
+     "model.forget_bias=1.0 does not apply to cell 'cifg'"),
+    ({"model.cell": "rnn", "model.gate_fn": "tanh"}, "model.gate_fn='tanh' does not apply"),
+    ({"model.cell": "gru", "model.activation": "relu"}, "model.activation='relu' does not apply"),
+    ({"model.tie_weights": "true", "model.embed_size": "32"},
+     "model.tie_weights=True needs the embedding as wide as model.hidden_size=256, "
+     "got model.embed_size=32"),
+    ({"model.tie_weights": "true", "model.one_hot": "true"},
+     "model.tie_weights=True needs an embedding to tie, but model.one_hot=True"),
+    ({"train.regime": "window", "model.dropout": "0.5"},
+     "train.regime='window' does not support model.dropout=0.5"),
+    ({"train.optimizer": "sgd", "train.optimizer_options.b1": "0.9"},
+     "train.optimizer_options.b1 is not an option of 'sgd'"),
+    ({"train.window_k": "-1"}, "train.window_k=-1 must be ≥ 0"),
+    ({"train.checkpoint_every": "-1"}, "train.checkpoint_every=-1 must be ≥ 0"),
+    ({"train.lr_decay_start": "-1"}, "train.lr_decay_start=-1 must be ≥ 0"),
+    ({"train.lr_decay": "0.0"}, "train.lr_decay=0.0 must be in (0, 1]"),
+    ({"data.max_vocab": "-1"}, "data.max_vocab=-1 must be ≥ 0"),
+    ({"data.max_vocab": "1"}, "data.max_vocab=1 must be 0 (no cap) or more than the 1 special"),
+    ({"data.bos": "<s>", "data.eos": "</s>", "data.max_vocab": "3"},
+     "more than the 3 special tokens ('<s>', '</s>', '<unk>')"),
+    ({"data.max_train_lines": "-1"}, "data.max_train_lines=-1 must be ≥ 0"),
+    ({"data.train_fraction": "0.0"}, "data.train_fraction=0.0 must be in (0, 1)"),
+    ({"sample.num_samples": "-1"}, "sample.num_samples=-1 must be ≥ 0"),
+    ({"sample.top_p": "1.5"}, "sample.top_p=1.5 must be in (0, 1]"),
+    ({"seed": str(2**32)}, "seed=4294967296 must be ≥ 0 and < 2**32"),
 ]
 
 
@@ -131,3 +162,161 @@ def test_shipped_configs_are_listed_with_their_purpose_without_running_them():
     assert {"base", "zaremba_small", "gist_lstm", "tutorial_rnn", "sweep_cells"} <= set(entries)
     assert entries["sweep_cells"].startswith("sweep: ")
     assert all(purpose for purpose in entries.values())
+
+
+def test_float64_needs_64_bit_jax(monkeypatch):
+    monkeypatch.setattr(config_lib, "_x64_enabled", lambda: False)
+    with pytest.raises(ConfigError, match=r"model.param_dtype='float64' needs 64-bit JAX.*"
+                                          "JAX_ENABLE_X64=1"):
+        resolve(apply_overrides(get_config(), {"model.param_dtype": "float64"}))
+    resolve(get_config())  # float32 does not care
+
+
+def test_the_greedy_flag_goes_with_top_k_and_top_p():
+    typed = resolve(apply_overrides(get_config(), {"sample.greedy": "true", "sample.top_k": "5",
+                                                   "sample.top_p": "0.9"}))
+    assert typed.sample.greedy and typed.sample.top_k == 5
+
+
+def test_an_integer_is_a_fine_float_and_becomes_one():
+    config = get_config()
+    config.train.learning_rate = 1  # what a config file may write
+    typed = resolve(config)
+    assert typed.train.learning_rate == 1.0 and isinstance(typed.train.learning_rate, float)
+
+
+def _broken(**changes):
+    """A ConfigDict built from scratch the way a config file might (no get_config)."""
+    raw = get_config().to_dict()
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split(".")
+        node = raw
+        for p in parents:
+            node = node[p]
+        if value is KeyError:
+            del node[leaf]
+        else:
+            node[leaf] = value
+    return ml_collections.ConfigDict(raw)
+
+
+@pytest.mark.parametrize("changes, phrases", [
+    ({"model.hidden_size": "big"}, ["model.hidden_size must be an integer, got 'big'"]),
+    ({"model.dropout": True, "train.epochs": 2.5},
+     ["model.dropout must be a number, got True", "train.epochs must be an integer, got 2.5"]),
+    ({"model.cell": KeyError}, ["model.cell is missing"]),
+    ({"model.cells": "lstm"}, ["unknown config key 'model.cells'; model has cell,"]),
+    ({"model": 5}, ["model must be a group of keys"]),
+    ({"seed": True, "sample.prime": 3}, ["seed must be an integer, got True",
+                                         "sample.prime must be a string, got 3"]),
+    ({"train.optimizer_options": 5}, ["train.optimizer_options must be a group of keys"]),
+    ({"extra": 1}, ["unknown config key 'extra'"]),
+])
+def test_a_config_built_by_hand_has_its_keys_and_types_checked(changes, phrases):
+    with pytest.raises(ConfigError) as raised:
+        resolve(_broken(**changes))
+    assert all(p in str(raised.value) for p in phrases), str(raised.value)
+    assert "\n" not in str(raised.value)
+
+
+def test_resolve_takes_a_configdict_or_a_run_config():
+    typed = resolve(get_config())
+    assert resolve(typed) is typed
+    with pytest.raises(ConfigError, match="must be an ml_collections.ConfigDict"):
+        resolve({"seed": 0})
+
+
+def test_the_typed_config_round_trips_with_optimizer_options():
+    config = apply_overrides(get_config(), {"train.optimizer_options.eps": "1e-6",
+                                            "model.dropout": "0.25"})
+    typed = resolve(config)
+    assert dict(typed.train.optimizer_options) == {"eps": 1e-6}
+    with pytest.raises(TypeError):
+        typed.train.optimizer_options["eps"] = 1.0
+    back = typed.to_configdict()
+    assert back == config and resolve(back) == typed
+    assert config_lib.from_json(config_lib.to_json(back)) == config
+
+
+def test_the_core_reads_the_typed_config():
+    typed = resolve(apply_overrides(get_config(), {"model.cell": "gru", "model.num_layers": "2"}))
+    lm = config_lib.build_lm_config(typed, vocab_size=30)
+    assert lm.cell == config_lib.cells.GRU() and lm.num_layers == 2 and lm.vocab_size == 30
+    assert config_lib.build_cell(typed.model) == config_lib.cells.GRU()
+
+
+def test_the_memory_message_names_each_part_and_what_to_lower():
+    typed = resolve(get_config())
+    with pytest.raises(ConfigError) as raised:
+        config_lib.check_memory(typed, 100, available=2**20)
+    text = str(raised.value)
+    for phrase in ("the model needs about", "GiB of memory (parameters", "optimizer state",
+                   "activations", "but this machine has 0.0 GiB", "lower model.hidden_size"):
+        assert phrase in text
+    assert config_lib.available_memory() > 2**20
+
+
+def test_memory_counts_the_logits_unless_they_are_chunked_and_the_evaluation_batch():
+    config = apply_overrides(get_config(), {"data.batch_size": "8", "data.seq_len": "10"})
+    plain = config_lib.estimate_memory(resolve(config), vocab_size=50_000)
+    chunked = config_lib.estimate_memory(
+        resolve(apply_overrides(get_config(), {"data.batch_size": "8", "data.seq_len": "10",
+                                               "model.logits_chunk": "16"})), 50_000)
+    assert chunked["activations"] < plain["activations"] / 4
+    assert chunked["parameters"] == plain["parameters"]
+    big_eval = config_lib.estimate_memory(
+        resolve(apply_overrides(get_config(), {"data.batch_size": "8", "data.seq_len": "10",
+                                               "data.eval_batch_size": "1000"})), 50_000)
+    assert big_eval["activations"] > 10 * plain["activations"]
+    assert plain["total"] == sum(v for k, v in plain.items() if k != "total")
+
+
+@pytest.mark.parametrize("text, phrase", [
+    ('{"model": {"hidden_size": "5"}}', "model.hidden_size must be an integer, got '5'"),
+    ('{"data": {"source": 5}}', "data.source must be a string, got 5"),
+    ('{"model": {"dropout": true}}', "model.dropout must be a number, got True"),
+    ('{"model": 5}', "model must be a JSON object of keys, got 5"),
+    ('{"train": {"optimizer_options": [1]}}', "train.optimizer_options must be a JSON object"),
+    ('{"colour": 1}', "unknown config key 'colour'"),
+    ('"config"', "does not hold a config"),
+    ('', "is not valid JSON"),
+])
+def test_a_saved_config_with_wrong_types_is_rejected(text, phrase):
+    with pytest.raises(ConfigError) as raised:
+        config_lib.from_json(text, source="runs/x/config.json")
+    assert phrase in str(raised.value) and str(raised.value).startswith("runs/x/config.json")
+
+
+def test_an_older_saved_config_without_newer_keys_takes_the_base_values():
+    config = config_lib.from_json('{"model": {"hidden_size": 7, "dropout": 0}}')
+    assert config.model.hidden_size == 7 and config.model.dropout == 0.0
+    assert isinstance(config.model.dropout, float) and config.train.epochs == get_config().train.epochs
+
+
+def test_list_configs_reads_docstrings_without_running_the_files(tmp_path, monkeypatch):
+    (tmp_path / "loud.py").write_text('"""Purpose line.\n\nMore."""\nraise SystemExit(3)\n')
+    (tmp_path / "grid.py").write_text('"""A grid."""\ndef get_config(): pass\n'
+                                      'def get_sweep(): pass\n')
+    (tmp_path / "_private.py").write_text('"""Hidden."""\n')
+    (tmp_path / "broken.py").write_text("def (:\n")
+    monkeypatch.setattr(config_lib, "CONFIG_DIR", tmp_path)
+    assert config_lib.list_configs() == [("broken", "(unreadable)"), ("grid", "sweep: A grid."),
+                                         ("loud", "Purpose line.")]
+
+
+def test_every_shipped_config_file_is_listed_with_a_one_line_purpose():
+    files = sorted(p.stem for p in config_lib.CONFIG_DIR.glob("*.py") if not p.stem.startswith("_"))
+    entries = config_lib.list_configs()
+    assert [name for name, _ in entries] == files
+    for name, purpose in entries:
+        assert purpose and purpose != "(unreadable)" and "\n" not in purpose, name
+        assert len(purpose.removeprefix("sweep: ")) > 10, name
+
+
+def test_the_shipped_configs_are_the_package_jax_lm_configs():
+    import importlib.resources
+    from pathlib import Path
+
+    folder = Path(str(importlib.resources.files("jax_lm.configs")))
+    assert folder.resolve() == config_lib.CONFIG_DIR.resolve()
+    assert (folder / "zaremba_small.py").is_file()

@@ -147,13 +147,14 @@ def test_a_signal_at_any_phase_saves_or_keeps_a_checkpoint_and_resume_is_bitwise
     assert_same_epochs(tmp_path / "run", reference[0])
 
 
-def test_the_cli_prints_one_line_and_exits_143_on_sigterm(corpus, tmp_path, monkeypatch,
-                                                          capsys):
-    _signal_on_call(monkeypatch, "step", signal.SIGTERM)
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_the_cli_prints_one_line_and_exits_with_the_conventional_code(
+        corpus, tmp_path, monkeypatch, capsys, signum, code):
+    _signal_on_call(monkeypatch, "step", signum)
     args = [f"--config.{k}={v}" for k, v in overrides(corpus).items()]
     status = cli.main(["train", "--workdir", str(tmp_path / "run"), "--no-progress", *args])
     err = capsys.readouterr().err.strip()
-    assert status == 143
+    assert status == code
     assert err.count("\n") == 0 and "Traceback" not in err
     assert err.startswith("jax-lm: interrupted at step ") and "checkpoint saved" in err
     assert f"jax-lm train --resume {tmp_path / 'run'}" in err

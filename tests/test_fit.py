@@ -10,22 +10,7 @@ import pytest
 
 from jax_lm import callbacks, cli, config as config_lib, fit, train
 
-TEXT = "a rose is a rose is a rose.\n" * 40
-
-
-@pytest.fixture(scope="module")
-def corpus_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("fit") / "rose.txt"
-    path.write_text(TEXT)
-    return path
-
-
-def _config(corpus_file, tmp_path, **overrides):
-    base = {"data.source": str(corpus_file), "data.cache_dir": str(tmp_path / "cache"),
-            "data.batch_size": "4", "data.seq_len": "8", "model.hidden_size": "8",
-            "train.epochs": "2", "train.log_every": "2", "sample.num_tokens": "5"}
-    return config_lib.apply_overrides(config_lib.get_config(),
-                                      {**base, **{k: str(v) for k, v in overrides.items()}})
+from tests.test_train import _config, corpus_file  # noqa: F401 - shared fixture and config
 
 
 class Recorder(callbacks.Callback):
