@@ -169,9 +169,18 @@ def _train(args: argparse.Namespace) -> int:
         name = Path(args.config_file).stem if args.config_file else "base"
         run_dir = args.workdir or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     config_lib.apply_overrides(config, args.overrides)
+    _enable_x64_if_asked(config)
     resolved = config_lib.resolve(config)  # every check before any file is touched
     fit.fit(resolved, run_dir, resume=bool(args.resume), progress=not args.no_progress)
     return 0
+
+
+def _enable_x64_if_asked(config) -> None:
+    """A float64 model needs JAX's 64-bit mode: the command (not the library) turns it on."""
+    if "float64" in (config.model.param_dtype, config.model.compute_dtype):
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
 
 
 def _add_run_arg(p) -> None:
@@ -197,6 +206,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     if args.quality < 0 or args.num_tokens < 1:
         raise ConfigError("--quality must be ≥ 0 and --num-tokens ≥ 1")
+    _enable_x64_if_asked(runs.read_config(args.run_dir))
     run = runs.load_run(args.run_dir, args.checkpoint)
     corpus = pipeline.load_run_corpus(run.config, run.vocab)
     if args.split not in corpus.splits:
@@ -253,6 +263,7 @@ def _sample(args: argparse.Namespace) -> int:
     from jax_lm import runs
 
     config = runs.read_config(args.run_dir)
+    _enable_x64_if_asked(config)
     options = {f"sample.{k}": str(getattr(args, k)) for k in
                ("prime", "num_tokens", "temperature", "top_k", "top_p")
                if getattr(args, k) is not None}
@@ -297,6 +308,12 @@ def _add_sweep(commands) -> None:
 def _sweep(args: argparse.Namespace) -> int:
     from jax_lm import sweep
 
+    from jax_lm import config as config_lib
+
+    base, grid = sweep.load_sweep(args.sweep)
+    config_lib.apply_overrides(base, args.overrides)
+    for point in grid:
+        _enable_x64_if_asked(sweep.point_config(base, point))
     workdir = args.workdir or f"runs/{Path(args.sweep).stem}"
     sweep.run_sweep(args.sweep, workdir, progress=not args.no_progress,
                     vmap_seeds=args.vmap_seeds, overrides=args.overrides)

@@ -4,6 +4,12 @@ Experiment files (`experiments/configs/<name>.py`) define `get_config()`, start 
 base and override only what differs. On the command line, `--config.<path>=<value>`
 overrides a field; the value is parsed to the field's type, and an unknown path is rejected
 with the list of valid keys. A run folder stores the resolved config as JSON.
+
+`resolve` checks the whole config before anything is read or written (types, ranges,
+enumerations, cross-field rules, a memory lower bound) and returns a frozen `RunConfig`
+with the same field names, which the core reads; every problem is one sentence naming the
+key, its value and what is allowed, all of them in one `ConfigError` joined by "; ".
+`check_memory` repeats the memory check once the vocabulary size is known.
 """
 
 from __future__ import annotations

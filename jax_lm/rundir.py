@@ -66,7 +66,7 @@ class RunDir:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self._lock: filelock.BaseFileLock | None = None
-        self._created = False
+        self._created: Path | None = None  # what to remove if a new run fails to start
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -134,16 +134,19 @@ class RunDir:
 
     def started(self) -> None:
         """The run has begun: from now on a failure keeps the folder (it can be resumed)."""
-        self._created = False
+        self._created = None
 
     def _create(self) -> None:
         if self.holds_run():
             raise RunFolderError(f"{self.path} already holds a run; resume it with 'jax-lm "
                                  f"train --resume {self.path}' or choose another --workdir "
                                  "(nothing was overwritten)")
+        missing = self.path  # the topmost folder this call creates: removed if the start fails
+        while not missing.parent.exists():
+            missing = missing.parent
         try:
             self.path.mkdir(parents=True)
-            self._created = True
+            self._created = missing
         except FileExistsError:
             if not self.path.is_dir():
                 raise RunFolderError(f"{self.path} exists and is not a folder") from None
@@ -153,8 +156,8 @@ class RunDir:
 
     def _discard_new(self) -> None:
         if self._created:
-            shutil.rmtree(self.path, ignore_errors=True)
-            self._created = False
+            shutil.rmtree(self._created, ignore_errors=True)
+            self._created = None
 
     def _holder_text(self) -> str:
         try:

@@ -59,10 +59,10 @@ def _final_record(run_dir: Path) -> dict | None:
     return finals[-1] if finals else None
 
 
-def _point_config(base, overrides: dict[str, Any]):
-    config = config_lib.apply_overrides(config_lib.from_json(config_lib.to_json(base)),
-                                        {k: _as_text(v) for k, v in overrides.items()})
-    return config_lib.resolve(config)
+def point_config(base, overrides: dict[str, Any]):
+    """The ConfigDict of a grid point: the sweep's base with the point's overrides."""
+    return config_lib.apply_overrides(config_lib.from_json(config_lib.to_json(base)),
+                                      {k: _as_text(v) for k, v in overrides.items()})
 
 
 def _train_seed_groups(configs: dict[str, Any], grid: list[dict], sweep_dir: Path, progress,
@@ -100,7 +100,8 @@ def run_sweep(sweep: str | os.PathLike, sweep_dir: str | os.PathLike, *,
     """
     base, grid = load_sweep(sweep)
     config_lib.apply_overrides(base, overrides or {})
-    configs = {point_name(p): _point_config(base, p) for p in grid}  # all checked up front
+    # Every point is checked before the first one trains.
+    configs = {point_name(p): config_lib.resolve(point_config(base, p)) for p in grid}
     sweep_dir = Path(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     if vmap_seeds:

@@ -458,3 +458,26 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(config_lib.ConfigError):
         cli.main(["--debug", "train", "--config.train.epochs=0"])
+
+
+def test_a_failed_start_removes_the_parent_folders_it_created(corpus, tmp_path, capsys):
+    args = [f"--config.{k}={v}" for k, v in overrides(corpus).items()]
+    status = cli.main(["train", "--workdir", str(tmp_path / "runs" / "new"), "--no-progress",
+                       *args, "--config.data.source=/no/such/corpus"])
+    assert status == 1 and list(tmp_path.iterdir()) == []
+
+
+def test_float64_from_the_command_line_turns_on_64_bit_jax_for_that_command(corpus, tmp_path):
+    import jax
+
+    args = [f"--config.{k}={v}" for k, v in overrides(corpus).items()]
+    jax.config.update("jax_enable_x64", False)  # as in a fresh `jax-lm` process
+    try:
+        with pytest.raises(config_lib.ConfigError, match="needs 64-bit JAX"):
+            config_lib.resolve(make_config(corpus, **{"model.param_dtype": "float64"}))
+        assert cli.main(["train", "--workdir", str(tmp_path / "run"), "--no-progress", *args,
+                         "--config.model.param_dtype=float64", "--config.train.max_steps=2"]) == 0
+        assert jax.config.jax_enable_x64
+    finally:
+        jax.config.update("jax_enable_x64", True)  # tests/conftest.py's setting
+    assert runs.load_run(tmp_path / "run").params["out"]["w"].dtype == np.float64
