@@ -256,10 +256,21 @@ class _Loop:
                          started=not self.config.train.eval_at_start)
         return states, [host] * self.size
 
-    def _restore(self, template):
+    def _restore(self, template, fresh_hosts):
+        """The newest intact checkpoint of every member: (states, hosts, warnings).
+
+        A run killed before its first checkpoint (its config and vocabulary written, no
+        step saved) starts again from step 0: a fresh start is a function of the config.
+        """
+        saved = [bool(checkpoint.saved_steps(f.path)) for f in self.folders]
+        if not any(saved):
+            again = [dataclasses.replace(h, log_offset=0) for h in fresh_hosts]
+            return template, again, [f"{f.path} has no checkpoint yet (its start was cut "
+                                     "short); starting it again from step 0"
+                                     for f in self.folders]
         states, hosts, notes = [], [], []
         for i, folder in enumerate(self.folders):
-            if not checkpoint.saved_steps(folder.path):
+            if not saved[i]:
                 raise RunFolderError(f"nothing to resume in {folder.path}: it has no checkpoint")
             path, state, metadata, warn = checkpoint.load_latest_intact(
                 folder.path, self.member(template, i))
@@ -280,7 +291,7 @@ class _Loop:
     def run(self) -> list[dict[str, Any]]:
         states, hosts = self._fresh()
         if self.resume:
-            states, hosts, notes = self._restore(states)
+            states, hosts, notes = self._restore(states, hosts)
             self.step = int(self.member(states, 0).step)
             if all(h.closed_step == self.step for h in hosts) and (
                     self.step >= self.total or self._out_of_time(hosts)):
@@ -296,6 +307,8 @@ class _Loop:
                 text = config_lib.to_json(self.configs[i].to_configdict())
                 if text != folder.read_config_text():
                     folder.write_config(text)
+            if not checkpoint.saved_steps(self.folders[0].path):
+                hosts = self._save(states, hosts)
             self.print(f"resuming {', '.join(str(f.path) for f in self.folders)} at step "
                        f"{self.step} (epoch {hosts[0].epoch + 1})")
         else:

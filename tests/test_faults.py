@@ -197,13 +197,15 @@ def _run_driver(tmp_path, corpus, run_dir, owner="-", name="-", nth=0, resume=Fa
 
 
 KILL_POINTS = [
+    ("jax_lm.checkpoint", "save_checkpoint", 1),   # the start: before its first checkpoint
     ("jax_lm.checkpoint", "save_checkpoint", 3),   # mid-run, while a step checkpoint is written
     ("jax_lm.train", "evaluate", 2),               # during the second epoch's validation
     ("jax_lm.rundir.RunDir", "save_figure", 1),    # during the end-of-run work
 ]
 
 
-@pytest.mark.parametrize("owner, name, nth", KILL_POINTS, ids=[p[1] for p in KILL_POINTS])
+@pytest.mark.parametrize("owner, name, nth", KILL_POINTS,
+                         ids=[f"{p[1]}-{p[2]}" for p in KILL_POINTS])
 def test_kill_9_at_a_point_of_the_run_then_resume_gives_the_same_bits(
         corpus, reference, tmp_path, owner, name, nth):
     run_dir = tmp_path / "run"
