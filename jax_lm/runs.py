@@ -1,6 +1,6 @@
 """A finished or interrupted run, loaded from its folder: score it, sample from it.
 
-    run = load_run("runs/base-20261126-051431")          # best params (else the latest)
+    run = load_run("runs/base-20261204-045243")          # best params (else the latest)
     texts = sample_texts(run, seed=0)                    # as the config's `sample` says
 """
 
