@@ -410,7 +410,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as err:  # fit.Interrupted carries the step and the exit code
         if debug:
             raise
-        print(f"\njax-lm: {err or 'interrupted'}", file=sys.stderr)
+        newline = "\n" if sys.stderr.isatty() else ""  # off a progress bar's line
+        print(f"{newline}jax-lm: {err or 'interrupted'}", file=sys.stderr)
         return getattr(err, "exit_code", 130)
     except Exception as err:  # noqa: BLE001 - every failure ends in one sentence
         if debug:

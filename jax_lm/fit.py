@@ -360,6 +360,7 @@ class _Loop:
         t = self.config.train
         batches = None
         while True:
+            self.signals.steps = False  # evaluation phases are abandoned at a signal
             if hosts[0].epoch == 0 and not hosts[0].started:
                 states, hosts = self._evaluate_at_start(states, hosts)
                 hosts = self._save(states, hosts)
@@ -369,11 +370,11 @@ class _Loop:
                 hosts = self._save(states, hosts)
             if self.step >= self.total or self._out_of_time(hosts):
                 return states, hosts
+            self.signals.steps = True  # steps are finished and saved at a signal
             if batches is None:
                 batches = pipeline.prefetch_to_device(
                     pipeline.train_batches(self.config, self.corpus, self.step))
             window, steps = StepMetrics.zeros() if self.size == 1 else None, 0
-            self.signals.steps = True
             start = time.perf_counter()
             while True:  # the steps up to the next host sync
                 states, metrics = self.train_step(states, next(batches))
@@ -389,9 +390,8 @@ class _Loop:
                     break
             window = jax.block_until_ready(window)  # the steps are done: time them
             hosts = self._sync(window, steps, time.perf_counter() - start, states, hosts)
-            if save:
+            if save or self.signals.signum is not None:
                 hosts = self._save(states, hosts)
-            self.signals.steps = False
             if self.signals.signum is not None:
                 raise Interrupted(self.signals.signum, self.step, self.folders, saved=True)
             if timed_out:
