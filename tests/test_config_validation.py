@@ -9,6 +9,7 @@ import ml_collections
 import pytest
 
 from jax_lm import config as config_lib
+from jax_lm import memory
 from jax_lm.config import ConfigError, apply_overrides, get_config, resolve
 
 BAD = [
@@ -120,12 +121,12 @@ def test_every_shipped_config_resolves_and_round_trips(name):
 
 def test_memory_is_estimated_from_the_shapes_and_checked_against_what_is_there():
     small = resolve(config_lib.load_config("zaremba_small"))
-    need = config_lib.estimate_memory(small, vocab_size=10_000)
+    need = memory.estimate_memory(small, vocab_size=10_000)
     assert need["parameters"] == 4 * 4_651_600  # the README's parameter count, float32
     assert need["optimizer state"] == 0  # plain SGD keeps no state
     adam = resolve(apply_overrides(config_lib.load_config("zaremba_small"),
                                    {"train.optimizer": "adam"}))
-    assert config_lib.estimate_memory(adam, 10_000)["optimizer state"] == 2 * need["parameters"]
+    assert memory.estimate_memory(adam, 10_000)["optimizer state"] == 2 * need["parameters"]
     config_lib.check_memory(small, 10_000, available=need["total"])
     with pytest.raises(ConfigError, match="lower model.hidden_size"):
         config_lib.check_memory(small, 10_000, available=need["total"] - 1)
@@ -253,18 +254,18 @@ def test_the_memory_message_names_each_part_and_what_to_lower():
     for phrase in ("the model needs about", "GiB of memory (parameters", "optimizer state",
                    "activations", "but this machine has 0.0 GiB", "lower model.hidden_size"):
         assert phrase in text
-    assert config_lib.available_memory() > 2**20
+    assert memory.available_memory()[0] > 2**20
 
 
 def test_memory_counts_the_logits_unless_they_are_chunked_and_the_evaluation_batch():
     config = apply_overrides(get_config(), {"data.batch_size": "8", "data.seq_len": "10"})
-    plain = config_lib.estimate_memory(resolve(config), vocab_size=50_000)
-    chunked = config_lib.estimate_memory(
+    plain = memory.estimate_memory(resolve(config), vocab_size=50_000)
+    chunked = memory.estimate_memory(
         resolve(apply_overrides(get_config(), {"data.batch_size": "8", "data.seq_len": "10",
                                                "model.logits_chunk": "16"})), 50_000)
     assert chunked["activations"] < plain["activations"] / 4
     assert chunked["parameters"] == plain["parameters"]
-    big_eval = config_lib.estimate_memory(
+    big_eval = memory.estimate_memory(
         resolve(apply_overrides(get_config(), {"data.batch_size": "8", "data.seq_len": "10",
                                                "data.eval_batch_size": "1000"})), 50_000)
     assert big_eval["activations"] > 10 * plain["activations"]
