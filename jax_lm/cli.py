@@ -15,6 +15,7 @@ import errno
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -394,6 +395,10 @@ def describe_error(err: BaseException) -> str | None:
     return None
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"jax-lm: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs one command; returns the process exit status."""
     parser = build_parser()
@@ -406,7 +411,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         import datasets
 
         datasets.disable_progress_bars()  # the command prints its own summary
-        return args.run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            return args.run(args)
     except KeyboardInterrupt as err:  # fit.Interrupted carries the step and the exit code
         if debug:
             raise

@@ -483,3 +483,19 @@ def test_float64_from_the_command_line_turns_on_64_bit_jax_for_that_command(corp
     finally:
         jax.config.update("jax_enable_x64", True)  # tests/conftest.py's setting
     assert runs.load_run(tmp_path / "run").params["out"]["w"].dtype == np.float64
+
+
+def test_the_cli_reports_a_stale_lock_as_a_one_line_warning(corpus, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    quiet_fit(make_config(corpus, **{"train.max_steps": 2}), run_dir)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    (run_dir / rundir.HOLDER).write_text(json.dumps(
+        {"pid": int(dead.stdout), "host": __import__("socket").gethostname(),
+         "since": "2026-12-04 00:00:00", "command": "jax-lm train"}))
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", str(run_dir), "--no-progress",
+                     "--config.train.max_steps=3"]) == 0
+    err = capsys.readouterr().err
+    assert f"jax-lm: warning: took over the lock of {run_dir} left by pid {int(dead.stdout)}" in err
+    assert "UserWarning" not in err and not (run_dir / rundir.HOLDER).exists()
