@@ -32,7 +32,7 @@ import jax.numpy as jnp
 
 from jax_lm import allocator, checkpoint, data, lr_rules, model, optim, pipeline, runs, train
 from jax_lm import config as config_lib
-from jax_lm.callbacks import Callback, FitInfo, RunEnd, default_callbacks, fmt
+from jax_lm.callbacks import Callback, FitInfo, RunEnd, default_callbacks
 from jax_lm.rundir import VOCAB, RunDir, RunFolderError
 from jax_lm.train import StepMetrics, TrainingError
 

@@ -23,7 +23,8 @@ def stats(*args):
 
 
 def test_stats_prints_vocab_size_and_tokens_per_split(folder, tmp_path, capsys):
-    assert stats(folder, "--level", "word", "--eos", "<eos>", "--cache-dir", tmp_path / "cache") == 0
+    assert stats(folder, "--level", "word", "--eos", "<eos>",
+                 "--cache-dir", tmp_path / "cache") == 0
     out = capsys.readouterr().out.splitlines()
     assert "vocab_size         4" in out  # <eos> a b c
     assert "train              6 tokens, 2 lines" in out

@@ -291,7 +291,8 @@ def test_a_saved_config_with_wrong_types_is_rejected(text, phrase):
 def test_an_older_saved_config_without_newer_keys_takes_the_base_values():
     config = config_lib.from_json('{"model": {"hidden_size": 7, "dropout": 0}}')
     assert config.model.hidden_size == 7 and config.model.dropout == 0.0
-    assert isinstance(config.model.dropout, float) and config.train.epochs == get_config().train.epochs
+    assert isinstance(config.model.dropout, float)
+    assert config.train.epochs == get_config().train.epochs
 
 
 def test_list_configs_reads_docstrings_without_running_the_files(tmp_path, monkeypatch):
