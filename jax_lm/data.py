@@ -233,16 +233,16 @@ class Vocab:
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
     def save(self, path: str | os.PathLike) -> None:
-        """Writes the vocabulary as JSON (UTF-8, one token list, no pickle)."""
+        """Writes the vocabulary as JSON (UTF-8, one token list, no pickle), atomically."""
+        from jax_lm.checkpoint import write_atomic
+
         payload = {
             "format": _VOCAB_FORMAT,
             "version": 1,
             "unk": self.unk,
             "tokens": list(self.tokens),
         }
-        Path(path).write_text(
-            json.dumps(payload, ensure_ascii=False, indent=0) + "\n", encoding="utf-8"
-        )
+        write_atomic(path, (json.dumps(payload, ensure_ascii=False, indent=0) + "\n").encode())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Vocab:
