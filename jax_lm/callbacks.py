@@ -110,7 +110,8 @@ class Console(Callback):
     """The start line, one line per epoch, the final scores and the samples."""
 
     def __init__(self, print_fn: Callable[[str], None] = print, level: str = "char",
-                 num_members: int = 1, names: Sequence[str] = ()):
+                 names: Sequence[str] = ()):
+        """`names`: the members' run folder names, prefixed to their lines when several."""
         self.print = print_fn
         self.unit = "char" if level == "char" else "token"
         self.names = list(names)
