@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import signal
 import threading
 import time
@@ -491,7 +492,7 @@ class _Loop:
                 valid = self._evaluate(state.params, "valid")
                 record.update(valid_nll=valid["nll"], valid_ppl=valid["ppl"],
                               valid_bits=valid["bits"])
-                if best is None or valid["nll"] < best:
+                if math.isfinite(valid["nll"]) and (best is None or valid["nll"] < best):
                     best = valid["nll"]
                     self.folders[i].save_best(state, dataclasses.asdict(host))
             lr, reference = optim.learning_rate(state.opt_state), host.lr_reference
@@ -526,7 +527,7 @@ class _Loop:
                 self.log(i, {"epoch": host.epoch + 1, "step": self.step, "partial_epoch": True,
                              "valid_nll": valid["nll"], "valid_ppl": valid["ppl"],
                              "valid_bits": valid["bits"]})
-                if host.best_valid is None:
+                if host.best_valid is None and math.isfinite(valid["nll"]):
                     folder.save_best(state, dataclasses.asdict(host))
             params = state.params
             if checkpoint.best_path(folder.path).exists():
