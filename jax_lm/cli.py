@@ -395,8 +395,17 @@ def describe_error(err: BaseException) -> str | None:
     return None
 
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"jax-lm: warning: {message}", file=sys.stderr)
+def _one_line_warnings(show_other):
+    """A `warnings.showwarning` printing jax_lm's warnings as `jax-lm: warning: …`."""
+    from jax_lm.rundir import RunFolderWarning
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, RunFolderWarning):
+            print(f"jax-lm: warning: {message}", file=sys.stderr)
+        else:
+            show_other(message, category, filename, lineno, file, line)
+
+    return show
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -412,7 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         datasets.disable_progress_bars()  # the command prints its own summary
         with warnings.catch_warnings():
-            warnings.showwarning = _one_line_warning
+            warnings.showwarning = _one_line_warnings(warnings.showwarning)
             return args.run(args)
     except KeyboardInterrupt as err:  # fit.Interrupted carries the step and the exit code
         if debug:

@@ -50,6 +50,10 @@ class RunFolderError(RuntimeError):
     """The run folder cannot be used as asked (in use, already a run, not a run, unwritable)."""
 
 
+class RunFolderWarning(UserWarning):
+    """Something about a run folder a user should know, that does not stop the command."""
+
+
 def _process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -176,7 +180,7 @@ class RunDir:
             if not same_host or not _process_alive(int(holder.get("pid", 0))):
                 warnings.warn(f"took over the lock of {self.path} left by pid "
                               f"{holder.get('pid')} on {holder.get('host')}, which stopped "
-                              "without releasing it", stacklevel=2)
+                              "without releasing it", RunFolderWarning, stacklevel=2)
 
     # ----------------------------------------------------------------- files
 
