@@ -157,7 +157,7 @@ def _add_train(commands) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from jax_lm import config as config_lib
-    from jax_lm import fit, runs
+    from jax_lm import loop, runs
 
     if args.resume:
         if args.config_file or args.workdir:
@@ -172,7 +172,7 @@ def _train(args: argparse.Namespace) -> int:
     config_lib.apply_overrides(config, args.overrides)
     _enable_x64_if_asked(config)
     resolved = config_lib.resolve(config)  # every check before any file is touched
-    fit.fit(resolved, run_dir, resume=bool(args.resume), progress=not args.no_progress)
+    loop.fit(resolved, run_dir, resume=bool(args.resume), progress=not args.no_progress)
     return 0
 
 
@@ -423,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warnings(warnings.showwarning)
             return args.run(args)
-    except KeyboardInterrupt as err:  # fit.Interrupted carries the step and the exit code
+    except KeyboardInterrupt as err:  # loop.Interrupted carries the step and the exit code
         if debug:
             raise
         newline = "\n" if sys.stderr.isatty() else ""  # off a progress bar's line

@@ -5,7 +5,7 @@ dicts (`{"model.cell": "gru", "seed": 1}`) applied to its `get_config()`. Every 
 is an ordinary run folder under the sweep folder, so a sweep that is stopped and started
 again skips the finished runs and resumes the interrupted one. With `vmap_seeds` (`jax-lm
 sweep --vmap-seeds`) the points that differ only in `seed` train together, one vmapped step
-for all seeds (`jax_lm.fit.fit_population`).
+for all seeds (`jax_lm.loop.fit_population`).
 
     sweep_dir/<point name>/...     one run folder per grid point
     sweep_dir/results.jsonl        one record per run (overrides, scores, training seconds)
@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from jax_lm import checkpoint, fit, plots, rundir
+from jax_lm import checkpoint, loop, plots, rundir
 from jax_lm import config as config_lib
 
 
@@ -67,7 +67,7 @@ def point_config(base, overrides: dict[str, Any]):
 
 def _train_seed_groups(configs: dict[str, Any], grid: list[dict], sweep_dir: Path, progress,
                        print_fn) -> None:
-    """Train, S seeds at a time (`fit.fit_population`), every group of grid points that
+    """Train, S seeds at a time (`loop.fit_population`), every group of grid points that
     differ only in `seed` and have not started; other points are left to the loop."""
     groups: dict[str, list[dict]] = {}
     for overrides in grid:
@@ -84,7 +84,7 @@ def _train_seed_groups(configs: dict[str, Any], grid: list[dict], sweep_dir: Pat
                      "draws batches by seed")
             continue
         print_fn(f"[{len(fresh)} seeds at once] {', '.join(names)}")
-        fit.fit_population([configs[n] for n in names], [sweep_dir / n for n in names],
+        loop.fit_population([configs[n] for n in names], [sweep_dir / n for n in names],
                            progress=progress, print_fn=print_fn)
 
 
@@ -114,7 +114,7 @@ def run_sweep(sweep: str | os.PathLike, sweep_dir: str | os.PathLike, *,
         if final is None:
             print_fn(f"[{i}/{len(grid)}] {name}")
             resume = checkpoint.latest_path(run_dir) is not None
-            fit.fit(configs[name], run_dir, resume=resume, progress=progress, print_fn=print_fn)
+            loop.fit(configs[name], run_dir, resume=resume, progress=progress, print_fn=print_fn)
             final = _final_record(run_dir)
         else:
             print_fn(f"[{i}/{len(grid)}] {name}: finished earlier, skipped")

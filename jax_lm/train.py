@@ -4,7 +4,7 @@
                        eval_step(params, batch, carry) ──▶ (Σ nll, Σ tokens, carry)
 
 Nothing here does I/O: the schedule around the steps (epochs, validation, learning-rate
-rules, checkpoints) is `jax_lm.fit`. A step is a function of its state and batch alone;
+rules, checkpoints) is `jax_lm.loop`. A step is a function of its state and batch alone;
 the dropout key of step k is `fold_in(rng, k)`, so a resumed run repeats it bit for bit.
 """
 
@@ -76,7 +76,7 @@ def make_train_step(config: LMConfig, optimizer, *, regime: str = "truncated", w
                     reduction: str = "token_mean", jit: bool = True) -> Callable:
     """A jitted `train_step(state, batch) -> (state, StepMetrics)`; `state` is donated.
 
-    (`jit=False`: the plain function, e.g. to vmap it over a population in `jax_lm.fit`.)
+    (`jit=False`: the plain function, e.g. to vmap it over a population in `jax_lm.loop`.)
 
     Regimes: "full" starts every batch from the zero state (whole sequences, 000/001);
     "truncated" carries each row's state into the next window (the stream layout), and

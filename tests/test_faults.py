@@ -23,7 +23,7 @@ import jax
 import numpy as np
 import pytest
 
-from jax_lm import checkpoint, cli, fit, rundir, runs
+from jax_lm import checkpoint, cli, loop, rundir, runs
 from jax_lm import config as config_lib
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +62,7 @@ def quiet_fit(config, run_dir, **kwargs):
     import datasets
 
     datasets.disable_progress_bars()  # as the command line does: stderr holds only errors
-    return fit.fit(config, run_dir, progress=False, print_fn=lambda _: None, **kwargs)
+    return loop.fit(config, run_dir, progress=False, print_fn=lambda _: None, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 # Where a signal arrives: the N-th call of a function the loop uses in that phase.
 
 PHASES = {
-    "step": ("jax_lm.fit._Loop", "_sync", 2),                 # between steps (finish, save)
+    "step": ("jax_lm.loop._Loop", "_sync", 2),                 # between steps (finish, save)
     "checkpoint": ("jax_lm.checkpoint", "save_checkpoint", 3),  # while a checkpoint is written
     "validation": ("jax_lm.train", "evaluate", 1),            # the first epoch end
     "best": ("jax_lm.rundir.RunDir", "save_best", 1),          # writing the best checkpoint
@@ -137,7 +137,7 @@ def test_a_signal_at_any_phase_saves_or_keeps_a_checkpoint_and_resume_is_bitwise
         corpus, reference, tmp_path, monkeypatch, phase):
     signum = signal.SIGTERM if phase in ("step", "validation", "plot", "log") else signal.SIGINT
     _signal_on_call(monkeypatch, phase, signum)
-    with pytest.raises(fit.Interrupted) as stopped:
+    with pytest.raises(loop.Interrupted) as stopped:
         quiet_fit(make_config(corpus), tmp_path / "run")
     monkeypatch.undo()
     assert stopped.value.exit_code == 128 + signum
@@ -165,7 +165,7 @@ def test_the_cli_prints_one_line_and_exits_with_the_conventional_code(
 DRIVER = textwrap.dedent('''
     import importlib, json, os, signal, sys
     owner, name, nth, config_path, run_dir, resume = sys.argv[1:7]
-    from jax_lm import config as config_lib, fit
+    from jax_lm import config as config_lib, loop
     if owner != "-":
         parts = owner.split(".")
         try:
@@ -181,7 +181,7 @@ DRIVER = textwrap.dedent('''
         setattr(target, name, wrapped)
     overrides = json.load(open(config_path))
     config = config_lib.apply_overrides(config_lib.get_config(), overrides)
-    fit.fit(config, run_dir, resume=resume == "1", progress=False, print_fn=lambda _: None)
+    loop.fit(config, run_dir, resume=resume == "1", progress=False, print_fn=lambda _: None)
 ''')
 
 
@@ -249,7 +249,7 @@ def test_a_torn_last_line_of_the_metrics_log_is_cut_on_resume_with_a_warning(
     with (run_dir / "metrics.jsonl").open("a") as f:
         f.write('{"step": 7, "train_lo')  # killed while appending
     said = []
-    fit.fit(make_config(corpus), run_dir, resume=True, progress=False, print_fn=said.append)
+    loop.fit(make_config(corpus), run_dir, resume=True, progress=False, print_fn=said.append)
     assert any("torn line" in line for line in said)
     assert all(json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines())
     assert_same_params(run_dir, reference[1])
@@ -264,7 +264,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_intact_one(
     data[len(data) // 2] ^= 0x10  # one flipped bit
     newest.write_bytes(bytes(data))
     said = []
-    fit.fit(make_config(corpus), run_dir, resume=True, progress=False, print_fn=said.append)
+    loop.fit(make_config(corpus), run_dir, resume=True, progress=False, print_fn=said.append)
     warning = next(line for line in said if "damaged" in line)
     assert newest.name in warning and "step_00000004" in warning
     assert_same_params(run_dir, reference[1])
@@ -342,7 +342,7 @@ def test_resuming_a_finished_run_says_so_and_changes_nothing(corpus, reference, 
     quiet_fit(make_config(corpus, **{"train.max_steps": 3}), run_dir)
     before = snapshot(run_dir)
     said = []
-    fit.fit(make_config(corpus, **{"train.max_steps": 3}), run_dir, resume=True,
+    loop.fit(make_config(corpus, **{"train.max_steps": 3}), run_dir, resume=True,
             progress=False, print_fn=said.append)
     assert any("already finished at step 3; nothing changed" in line for line in said)
     assert snapshot(run_dir) == before

@@ -8,7 +8,7 @@ import struct
 import jax
 import pytest
 
-from jax_lm import callbacks, cli, config as config_lib, fit, train
+from jax_lm import callbacks, cli, config as config_lib, loop, train
 
 from tests.test_train import _config, corpus_file  # noqa: F401 - shared fixture and config
 
@@ -32,7 +32,7 @@ class Recorder(callbacks.Callback):
 
 def test_a_user_callback_sees_every_record_once_in_order_then_the_end(corpus_file, tmp_path):
     recorder = Recorder()
-    result = fit.fit(_config(corpus_file, tmp_path), tmp_path / "run", callbacks=[recorder])
+    result = loop.fit(_config(corpus_file, tmp_path), tmp_path / "run", callbacks=[recorder])
     kinds = [e[0] for e in recorder.events]
     assert kinds[0] == "start" and kinds[-2:] == ["end", "close"]
     records = [e[2] for e in recorder.events if e[0] == "record"]
@@ -63,7 +63,7 @@ def _tensorboard_scalars(folder) -> dict[str, list[tuple[int, float]]]:
 
 
 def test_tensorboard_event_files_hold_the_logged_metrics(corpus_file, tmp_path):
-    fit.fit(_config(corpus_file, tmp_path), tmp_path / "run", progress=False,
+    loop.fit(_config(corpus_file, tmp_path), tmp_path / "run", progress=False,
             print_fn=lambda _: None)
     scalars = _tensorboard_scalars(tmp_path / "run" / "tensorboard")
     from jax_lm.rundir import read_records
@@ -81,7 +81,7 @@ def test_fit_leaves_matplotlib_and_jax_global_state_alone(corpus_file, tmp_path)
     backend = matplotlib.get_backend()
     flags = {name: getattr(jax.config, name) for name in
              ("jax_enable_x64", "jax_numpy_rank_promotion", "jax_default_matmul_precision")}
-    fit.fit(_config(corpus_file, tmp_path), tmp_path / "run", progress=False,
+    loop.fit(_config(corpus_file, tmp_path), tmp_path / "run", progress=False,
             print_fn=lambda _: None)
     assert (tmp_path / "run" / "curves.png").stat().st_size > 0
     assert matplotlib.get_backend() == backend
@@ -92,7 +92,7 @@ def test_importing_jax_lm_does_not_reexecute_or_tune_the_process():
     import subprocess
     import sys
 
-    code = ("import os, jax_lm.cli, jax_lm.fit, jax_lm.sweep; "
+    code = ("import os, jax_lm.cli, jax_lm.loop, jax_lm.sweep; "
             "print(os.environ.get('GLIBC_TUNABLES', ''), os.getpid())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env={"PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu"})

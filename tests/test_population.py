@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from jax_lm import checkpoint, fit, runs, sweep
+from jax_lm import checkpoint, loop, runs, sweep
 from jax_lm import config as config_lib
 
 from tests.test_sweep import SWEEP_FILE
@@ -40,11 +40,11 @@ def _members(config, seeds):
 def test_seeds_trained_together_match_their_single_runs(corpus_file, tmp_path):
     config = _config(corpus_file, tmp_path)  # float64 (tests/conftest.py enables x64)
     seeds = [3, 5]
-    together = fit.fit_population(_members(config, seeds), [tmp_path / f"v{s}" for s in seeds],
+    together = loop.fit_population(_members(config, seeds), [tmp_path / f"v{s}" for s in seeds],
                                   progress=False, print_fn=lambda _: None)
     for seed, result in zip(seeds, together):
         single_config = _config(corpus_file, tmp_path, seed=seed)
-        single = fit.fit(single_config, tmp_path / f"s{seed}", progress=False,
+        single = loop.fit(single_config, tmp_path / f"s{seed}", progress=False,
                          print_fn=lambda _: None)
         assert result["valid_nll"] == pytest.approx(single["valid_nll"], rel=1e-10)
         for a, b in zip(jax.tree.leaves(_final_params(tmp_path / f"v{seed}")),
@@ -56,7 +56,7 @@ def test_seeds_trained_together_match_their_single_runs(corpus_file, tmp_path):
 def test_a_batcher_whose_batches_depend_on_the_seed_is_refused(corpus_file, tmp_path):
     config = _config(corpus_file, tmp_path, **{"data.batcher": "random_windows"})
     with pytest.raises(config_lib.ConfigError, match="batcher"):
-        fit.fit_population(_members(config, [0, 1]), [tmp_path / "a", tmp_path / "b"])
+        loop.fit_population(_members(config, [0, 1]), [tmp_path / "a", tmp_path / "b"])
 
 
 def test_a_sweep_with_vmap_seeds_trains_each_group_together_and_tabulates_it(
@@ -77,13 +77,13 @@ def test_a_population_with_budget_eval_at_start_and_checkpoints_resumes_like_one
     config = _config(corpus_file, tmp_path, **settings)
     seeds = [1, 2]
     cut = _members(_config(corpus_file, tmp_path, **settings, **{"train.max_steps": 5}), seeds)
-    fit.fit_population(cut, [tmp_path / f"p{s}" for s in seeds], progress=False,
+    loop.fit_population(cut, [tmp_path / f"p{s}" for s in seeds], progress=False,
                        print_fn=lambda _: None)
     assert all(checkpoint.saved_steps(tmp_path / f"p{s}")[-1] == 5 for s in seeds)
-    resumed = fit.fit_population(_members(config, seeds), [tmp_path / f"p{s}" for s in seeds],
+    resumed = loop.fit_population(_members(config, seeds), [tmp_path / f"p{s}" for s in seeds],
                                  resume=True, progress=False, print_fn=lambda _: None)
     for seed, result in zip(seeds, resumed):
-        single = fit.fit(_config(corpus_file, tmp_path, **settings, seed=seed),
+        single = loop.fit(_config(corpus_file, tmp_path, **settings, seed=seed),
                          tmp_path / f"one{seed}", progress=False, print_fn=lambda _: None)
         assert result["valid_nll"] == pytest.approx(single["valid_nll"], rel=1e-10)
         for a, b in zip(jax.tree.leaves(_final_params(tmp_path / f"p{seed}")),

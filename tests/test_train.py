@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax_lm import batching, checkpoint, fit, rundir, model, optim, pipeline, runs, train
+from jax_lm import batching, checkpoint, loop, model, optim, pipeline, rundir, runs, train
 from jax_lm import config as config_lib
 from tests.oracles import tutorial_rnn
 
@@ -35,7 +35,7 @@ def _config(corpus_file, tmp_path, **overrides):
 
 
 def _run(config, run_dir, **kwargs):
-    return fit.fit(config, run_dir, progress=False, print_fn=lambda _: None, **kwargs)
+    return loop.fit(config, run_dir, progress=False, print_fn=lambda _: None, **kwargs)
 
 
 def _records(run_dir):
@@ -97,7 +97,7 @@ def test_interrupted_run_saves_and_resumes_exactly_with_the_epoch_metrics(
             yield batch
 
     monkeypatch.setattr(pipeline, "train_batches", interrupted)
-    with pytest.raises(fit.Interrupted, match="interrupted at step 37, checkpoint saved"):
+    with pytest.raises(loop.Interrupted, match="interrupted at step 37, checkpoint saved"):
         _run(config, tmp_path / "cut")
     monkeypatch.undo()
     assert checkpoint.saved_steps(tmp_path / "cut")[-1] == 37
