@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -18,7 +19,7 @@ from jax_lm import checkpoint, data, pipeline, train
 from jax_lm import config as config_lib
 from jax_lm import sample as sample_lib
 from jax_lm.model import LMConfig, Params
-from jax_lm.rundir import VOCAB, RunDir, RunFolderError
+from jax_lm.rundir import VOCAB, RunDir, RunFolderError, RunFolderWarning
 
 
 class Run(NamedTuple):
@@ -70,7 +71,7 @@ def load_run(run_dir: str | os.PathLike, which: str = "best") -> Run:
     if path is None:
         path, state, metadata, notes = checkpoint.load_latest_intact(folder.path, template)
         for note in notes:
-            print(f"jax-lm: warning: {note}")
+            warnings.warn(note, RunFolderWarning, stacklevel=2)
     else:
         state, metadata = checkpoint.load_checkpoint(path, template)
     if metadata.get("vocab") not in (None, vocab.fingerprint()):

@@ -499,3 +499,16 @@ def test_the_cli_reports_a_stale_lock_as_a_one_line_warning(corpus, tmp_path, ca
     err = capsys.readouterr().err
     assert f"jax-lm: warning: took over the lock of {run_dir} left by pid {int(dead.stdout)}" in err
     assert "UserWarning" not in err and not (run_dir / rundir.HOLDER).exists()
+
+
+def test_loading_a_run_whose_newest_checkpoint_is_damaged_warns_and_uses_the_previous(
+        corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    quiet_fit(make_config(corpus, **{"train.max_steps": 8}), run_dir)
+    newest = checkpoint.latest_path(run_dir)
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    newest.write_bytes(bytes(data))
+    with pytest.warns(rundir.RunFolderWarning, match="step_00000004"):
+        run = runs.load_run(run_dir, "latest")
+    assert checkpoint.all_finite(run.params)
