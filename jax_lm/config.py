@@ -127,6 +127,10 @@ def get_config() -> ml_collections.ConfigDict:
     s.top_p = 1.0                   # nucleus: smallest set with this much probability (1: off)
     s.greedy = False                # always take the most probable token
     s.resample_once = False         # 003: draw again once when the draw is not the argmax
+
+    c.mesh = m = ml_collections.ConfigDict()  # devices: a (population × data) mesh (jax_lm.mesh)
+    m.population = 1                # devices that split a population's members (0: all left)
+    m.data = 1                      # devices that split each batch's rows (0: all left)
     return _lock(c)
 
 
@@ -303,7 +307,7 @@ def from_json(text: str, source: str = "config.json") -> ml_collections.ConfigDi
                 problems.append(f"unknown config key {path!r}"
                                 + (f" ({prefix[:-1]} has {', '.join(node.keys())})"
                                    if prefix else " (a config has seed, data, model, train, "
-                                   "sample)"))
+                                   "sample, mesh)"))
                 continue
             current = node[key]
             if path == "train.optimizer_options":
@@ -423,6 +427,12 @@ class SampleConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    population: int
+    data: int
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
     """A whole, validated run configuration (`resolve`)."""
 
@@ -431,10 +441,11 @@ class RunConfig:
     model: ModelConfig
     train: TrainConfig
     sample: SampleConfig
+    mesh: MeshConfig
 
     def to_dict(self) -> dict[str, Any]:
         out = {"seed": self.seed}
-        for part in ("data", "model", "train", "sample"):
+        for part in ("data", "model", "train", "sample", "mesh"):
             fields = dataclasses.fields(getattr(self, part))
             out[part] = {f.name: getattr(getattr(self, part), f.name) for f in fields}
         out["train"]["optimizer_options"] = dict(self.train.optimizer_options)
@@ -493,6 +504,8 @@ RANGES = {
     "sample.num_samples": (0, None, "≥ 0"),
     "sample.num_tokens": (1, None, "≥ 1"),
     "sample.top_k": (0, None, "≥ 0 (0: off)"),
+    "mesh.population": (0, None, "≥ 0 (0: all remaining devices)"),
+    "mesh.data": (0, None, "≥ 0 (0: all remaining devices)"),
 }
 
 # key: (test, text) for ranges with open ends (NaN fails every test).
@@ -626,6 +639,11 @@ def _check(config: RunConfig, problems: list[str]) -> None:
     if wide and not _x64_enabled():
         problems.append(f"{' and '.join(wide)} needs 64-bit JAX, which is off: set "
                         "JAX_ENABLE_X64=1 in the environment (or use float32)")
+    for key, rows in (("data.batch_size", d.batch_size),
+                      ("data.eval_batch_size", d.eval_batch_size)):
+        if config.mesh.data > 1 and rows % config.mesh.data:
+            problems.append(f"{key}={rows} must be a multiple of mesh.data={config.mesh.data} "
+                            "(each device of the data axis takes an equal share of the rows)")
     specials = _special_tokens(d)
     if 0 < d.max_vocab <= len(specials):
         problems.append(f"data.max_vocab={d.max_vocab} must be 0 (no cap) or more than the "
@@ -666,10 +684,10 @@ def resolve(config: ml_collections.ConfigDict) -> RunConfig:
                           f"{type(config).__name__}")
     problems: list[str] = []
     sections = (("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig),
-                ("sample", SampleConfig))
+                ("sample", SampleConfig), ("mesh", MeshConfig))
     for extra in sorted(set(config.keys()) - {"seed"} - {name for name, _ in sections}):
-        problems.append(f"unknown config key {extra!r}; a config has seed, data, model, train "
-                        "and sample")
+        problems.append(f"unknown config key {extra!r}; a config has seed, data, model, train, "
+                        "sample and mesh")
     parts = {name: _typed(cls, config[name], f"{name}.", problems) if name in config else None
              for name, cls in sections}
     for name, part in parts.items():

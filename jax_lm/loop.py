@@ -30,11 +30,14 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from jax_lm import allocator, checkpoint, data, lr_rules, model, optim, pipeline, runs, train
+from jax_lm import allocator, checkpoint, data, lr_rules, model, optim, pipeline, population
 from jax_lm import config as config_lib
+from jax_lm import mesh as mesh_lib
+from jax_lm import runs, train
 from jax_lm.callbacks import Callback, FitInfo, RunEnd, default_callbacks
-from jax_lm.rundir import VOCAB, RunDir, RunFolderError
+from jax_lm.rundir import VOCAB, FollowerRunDir, RunDir, RunFolderError
 from jax_lm.train import StepMetrics, TrainingError
 
 PLATEAU_RULES = {"halve_when_loss_rises": lr_rules.HALVE_WHEN_LOSS_RISES,
@@ -56,6 +59,7 @@ class HostState:
     train_seconds: float = 0.0       # time spent in steps, over all resumes
     started: bool = True             # eval at start done (or not asked for)
     closed_step: int = -1            # step at which the close (test, plot, samples) was done
+    diverged_at: int | None = None   # step whose loss turned non-finite (member frozen since)
     log_offset: int | None = None    # bytes of metrics.jsonl this state accounts for
 
     @classmethod
@@ -138,15 +142,25 @@ def fit_population(configs: Sequence, workdirs: Sequence, *, resume: bool = Fals
                    print_fn: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Train several members in one loop, one vmapped step for all; one run folder each.
 
-    The members' configs may differ only in `seed`, and the batches must not depend on
-    the seed (`data.batcher="stream"`). Each member's numbers equal its own single run
-    up to float rounding.
+    The members' configs may differ only in `population.MEMBER_FIELDS` (seed, learning
+    rate, clip norm, dropout, init scale, Zaremba decay); with different seeds the batches
+    must not depend on the seed (`data.batcher="stream"`). Each member's numbers equal its
+    own single run up to float rounding. A member whose loss turns non-finite (with
+    `train.on_nonfinite="stop"`) is frozen and reported; the others go on.
+
+    With several processes (`jax.distributed`), every process calls this with the same
+    arguments; process 0 holds the folders and writes them, and runs the callbacks.
     """
     configs = [c if isinstance(c, config_lib.RunConfig) else config_lib.resolve(c)
                for c in configs]
-    _check_population(configs, workdirs)
-    folders = [RunDir(d) for d in workdirs]
-    if callbacks is None:
+    if not configs or len(configs) != len(workdirs):
+        raise ValueError("fit_population needs one run folder per config, and at least one")
+    population.check_members(configs)
+    writer = jax.process_index() == 0
+    folders = [(RunDir if writer else FollowerRunDir)(d) for d in workdirs]
+    if not writer:
+        callbacks, print_fn = [], _silent
+    elif callbacks is None:
         names = [f.path.name for f in folders]
         callbacks = default_callbacks(progress=progress, print_fn=print_fn,
                                       level=configs[0].data.level, names=names)
@@ -167,19 +181,8 @@ def fit_population(configs: Sequence, workdirs: Sequence, *, resume: bool = Fals
             raise Interrupted(stop.signum, step, folders, saved=False) from None
 
 
-def _check_population(configs, workdirs) -> None:
-    if not configs or len(configs) != len(workdirs):
-        raise ValueError("fit_population needs one run folder per config, and at least one")
-    if len(configs) == 1:
-        return
-    first = dataclasses.replace(configs[0], seed=0)
-    for c in configs[1:]:
-        if dataclasses.replace(c, seed=0) != first:
-            raise config_lib.ConfigError("members trained together may differ only in seed")
-    if configs[0].data.batcher != "stream":
-        raise config_lib.ConfigError(
-            "training seeds together needs data.batcher='stream' (its batches do not depend "
-            f"on the seed); got {configs[0].data.batcher!r}")
+def _silent(text: str) -> None:
+    pass
 
 
 # --------------------------------------------------------------------------- the loop
@@ -188,8 +191,8 @@ def _check_population(configs, workdirs) -> None:
 class _Loop:
     """One fit call: its setup (fixed after __init__), its step counter, and its phases.
 
-    The phases take and return the device state and the members' `HostState`s; nothing
-    else changes between them but `step`.
+    The phases take and return the device state (laid out by `self.layout`) and the
+    members' `HostState`s; nothing else changes between them but `step`.
     """
 
     def __init__(self, configs, folders: list[RunDir], callbacks: list[Callback],
@@ -205,31 +208,66 @@ class _Loop:
         self.corpus = pipeline.load_run_corpus(c, vocab)
         self.vocab = self.corpus.vocab
         config_lib.check_memory(c, self.vocab.size)
-        self.lm_config = config_lib.build_lm_config(c, self.vocab.size)
-        self.optimizer = train.build_optimizer(c)
-        self.rule = PLATEAU_RULES.get(c.train.lr_rule)
+        self.member_lm_configs = [config_lib.build_lm_config(m, self.vocab.size)
+                                  for m in configs]
+        self.lm_config = population.member_lm_config(self.member_lm_configs[0], configs)
+        self.clip_norm = population.clip_norm(configs)
+        t = c.train
+        self.optimizer = optim.make_optimizer(t.optimizer, t.learning_rate,
+                                              clip_norm=self.clip_norm,
+                                              **dict(t.optimizer_options))
+        self.rule = PLATEAU_RULES.get(t.lr_rule)
         self.per_epoch = pipeline.steps_per_epoch(c, self.corpus)
-        self.total = c.train.epochs * self.per_epoch
-        if c.train.max_steps:
-            self.total = min(self.total, c.train.max_steps)
-        self.budget = 60.0 * c.train.time_budget_minutes
+        self.total = t.epochs * self.per_epoch
+        if t.max_steps:
+            self.total = min(self.total, t.max_steps)
+        self.budget = 60.0 * t.time_budget_minutes
 
+        self.layout = mesh_lib.Layout(mesh_lib.make_mesh(c.mesh.population, c.mesh.data),
+                                      self.size)
+        self.layout.check_rows("data.batch_size", c.data.batch_size)
+        self.layout.check_rows("data.eval_batch_size", c.data.eval_batch_size or
+                               c.data.batch_size)
+        self.template = self._init_member(0)  # a member's state, for loading checkpoints
+        self.state_sharding = self.layout.state(self.stack([self.template] * self.size))
+        self._compile_steps()
+
+    def _compile_steps(self) -> None:
+        c, layout = self.config, self.layout
         step_fn = train.make_train_step(self.lm_config, self.optimizer, regime=c.train.regime,
                                         window_k=c.train.window_k,
                                         reduction=c.train.loss_reduction, jit=False)
-        if self.size == 1:
-            self.train_step = jax.jit(step_fn, donate_argnums=0)
-        else:
-            self.train_step = jax.jit(jax.vmap(step_fn, in_axes=(0, None)), donate_argnums=0)
-        self.eval_step = train.make_eval_step(self.lm_config)
+        eval_fn = train.make_eval_step(self.lm_config, jit=False)
+        if self.size > 1:
+            step_fn = jax.vmap(step_fn, in_axes=(0, None, 0))
+            eval_fn = jax.vmap(eval_fn, in_axes=(0, None, 0))
+        member, rows = layout.member, layout.rows
+        self.train_step = jax.jit(step_fn, donate_argnums=0,
+                                  in_shardings=(self.state_sharding, layout.batch, member),
+                                  out_shardings=(self.state_sharding, member))
+        self.eval_step = jax.jit(eval_fn, in_shardings=(member, layout.batch, rows),
+                                 out_shardings=(member, member, rows))
+
+        def with_lr(state, lr):
+            return state._replace(opt_state=optim.set_learning_rate(state.opt_state, lr))
+
+        self.with_lr = jax.jit(with_lr, donate_argnums=0, in_shardings=(self.state_sharding,
+                                                                        member),
+                               out_shardings=self.state_sharding)
 
     # ------------------------------------------------------------------ member views
 
     def member(self, tree, i: int):
+        """Member i of a stacked tree (host arrays; a single run's tree as it is)."""
         return tree if self.size == 1 else jax.tree.map(lambda x: x[i], tree)
 
     def stack(self, trees: list):
         return trees[0] if self.size == 1 else jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+    def per_member(self, values, dtype) -> jax.Array:
+        """A value per member ([S], or a scalar for a single run) on the devices."""
+        values = np.asarray(values if self.size > 1 else values[0], dtype)
+        return self.layout.put(values, self.layout.member)
 
     def log(self, i: int, record: dict[str, Any]) -> None:
         self.folders[i].log(record)
@@ -248,16 +286,22 @@ class _Loop:
             raise RunFolderError("the members' vocabularies differ; resume them one by one")
         return vocabs[0]
 
-    def _fresh(self):
-        keys = [jax.random.key(c.seed) for c in self.configs]
-        init = lambda k: train.init_train_state(k, self.lm_config, self.optimizer,  # noqa: E731
-                                                self.config.data.batch_size)
-        states = init(keys[0]) if self.size == 1 else jax.vmap(init)(jnp.stack(keys))
-        host = HostState(lr=self.config.train.learning_rate, vocab=self.vocab.fingerprint(),
-                         started=not self.config.train.eval_at_start)
-        return states, [host] * self.size
+    def _init_member(self, i: int):
+        """Member i's initial state, on the host's default device (its own config's init
+        scale, learning rate and clip norm: what its single run would start from)."""
+        config = self.configs[i]
+        state = train.init_train_state(jax.random.key(config.seed), self.member_lm_configs[i],
+                                       self.optimizer, config.data.batch_size)
+        return state._replace(opt_state=population.member_opt_state(
+            state.opt_state, config, clipping=self.clip_norm is not None))
 
-    def _restore(self, template, fresh_hosts):
+    def _fresh(self):
+        states = self.stack([self._init_member(i) for i in range(self.size)])
+        hosts = [HostState(lr=m.train.learning_rate, vocab=self.vocab.fingerprint(),
+                           started=not m.train.eval_at_start) for m in self.configs]
+        return states, hosts
+
+    def _restore(self, fresh_states, fresh_hosts):
         """The newest intact checkpoint of every member: (states, hosts, warnings).
 
         A run killed before its first checkpoint (its config and vocabulary written, no
@@ -266,15 +310,15 @@ class _Loop:
         saved = [bool(checkpoint.saved_steps(f.path)) for f in self.folders]
         if not any(saved):
             again = [dataclasses.replace(h, log_offset=0) for h in fresh_hosts]
-            return template, again, [f"{f.path} has no checkpoint yet (its start was cut "
-                                     "short); starting it again from step 0"
-                                     for f in self.folders]
+            return fresh_states, again, [f"{f.path} has no checkpoint yet (its start was cut "
+                                         "short); starting it again from step 0"
+                                         for f in self.folders]
         states, hosts, notes = [], [], []
         for i, folder in enumerate(self.folders):
             if not saved[i]:
                 raise RunFolderError(f"nothing to resume in {folder.path}: it has no checkpoint")
-            path, state, metadata, warn = checkpoint.load_latest_intact(
-                folder.path, self.member(template, i))
+            path, state, metadata, warn = checkpoint.load_latest_intact(folder.path,
+                                                                        self.template)
             notes += warn
             host = HostState.from_metadata(metadata)
             if host.vocab and host.vocab != self.vocab.fingerprint():
@@ -304,24 +348,29 @@ class _Loop:
                     note = folder.cut_log(hosts[i].log_offset)
                     if note:
                         self.print(f"jax-lm: warning: {note}")
+                if isinstance(folder, FollowerRunDir):
+                    continue
                 checkpoint.remove_orphans(folder.path)
                 text = config_lib.to_json(self.configs[i].to_configdict())
                 if text != folder.read_config_text():
                     folder.write_config(text)
+            states = self.layout.put(states, self.state_sharding)
             if not checkpoint.saved_steps(self.folders[0].path):
                 hosts = self._save(states, hosts)
             self.print(f"resuming {', '.join(str(f.path) for f in self.folders)} at step "
                        f"{self.step} (epoch {hosts[0].epoch + 1})")
         else:
             for i, folder in enumerate(self.folders):
-                self.vocab.save(folder.path / VOCAB)
+                if not isinstance(folder, FollowerRunDir):
+                    self.vocab.save(folder.path / VOCAB)
                 folder.write_config(config_lib.to_json(self.configs[i].to_configdict()))
+            states = self.layout.put(states, self.state_sharding)
             hosts = self._save(states, hosts)
             for folder in self.folders:
                 folder.started()
         self.begun = True
         info = FitInfo(tuple(self.folders), self.step, self.total, self.per_epoch,
-                       self._summary(states))
+                       self._summary())
         for callback in self.callbacks:
             callback.on_start(info)
         try:
@@ -332,15 +381,16 @@ class _Loop:
         except KeyboardInterrupt:  # e.g. raised by a callback or a data iterator
             raise _Abandon(signal.SIGINT) from None
 
-    def _summary(self, states) -> str:
+    def _summary(self) -> str:
         c, lm = self.config, self.lm_config
-        who = "" if self.size == 1 else (f"{self.size} members (seeds "
-                                         f"{[m.seed for m in self.configs]}) at once (vmap), ")
+        who = "" if self.size == 1 else f"{self.size} members at once (vmap), "
+        mesh = self.layout.mesh.shape
         return (f"jax_lm: {self.corpus.source} ({c.data.level}, vocab {self.vocab.size}, "
                 f"{len(self.corpus.splits['train']):,} train tokens), {who}{c.model.cell} "
                 f"{lm.num_layers}×{lm.hidden_size}, "
-                f"{model.num_params(self.member(states, 0).params):,} params, "
-                f"{self.per_epoch} steps/epoch, devices {jax.devices()}, "
+                f"{model.num_params(self.template.params):,} params, "
+                f"{self.per_epoch} steps/epoch, mesh {mesh['population']}×{mesh['data']} "
+                f"(population × data) of {mesh_lib.describe_devices()}, "
                 f"malloc {allocator.describe()}")
 
     def _already_finished(self, hosts) -> list[dict[str, Any]]:
@@ -356,6 +406,12 @@ class _Loop:
 
     def _out_of_time(self, hosts) -> bool:
         return self.budget > 0 and hosts[0].train_seconds >= self.budget
+
+    def _controls(self, hosts) -> train.Controls:
+        rates = population.dropout_rates(self.configs)
+        live = self.per_member([h.diverged_at is None for h in hosts], bool)
+        dtype = jnp.dtype(self.lm_config.param_dtype)
+        return train.Controls(live, None if rates is None else self.per_member(rates, dtype))
 
     def _train(self, states, hosts):
         t = self.config.train
@@ -373,12 +429,13 @@ class _Loop:
                 return states, hosts
             self.signals.steps = True  # steps are finished and saved at a signal
             if batches is None:
-                batches = pipeline.prefetch_to_device(
-                    pipeline.train_batches(self.config, self.corpus, self.step))
-            window, steps = StepMetrics.zeros() if self.size == 1 else None, 0
+                batches = self._batches(pipeline.train_batches(self.config, self.corpus,
+                                                               self.step))
+            controls = self._controls(hosts)
+            window, steps = None, 0
             start = time.perf_counter()
             while True:  # the steps up to the next host sync
-                states, metrics = self.train_step(states, next(batches))
+                states, metrics = self.train_step(states, next(batches), controls)
                 window = metrics if window is None else window + metrics
                 self.step += 1
                 steps += 1
@@ -389,8 +446,8 @@ class _Loop:
                         or self.signals.signum is not None)
                 if save or steps == t.log_every:
                     break
-            window = jax.block_until_ready(window)  # the steps are done: time them
-            hosts = self._sync(window, steps, time.perf_counter() - start, states, hosts)
+            window = self.layout.fetch(window)  # waits for the steps: time them
+            hosts = self._sync(window, steps, time.perf_counter() - start, hosts)
             if save or self.signals.signum is not None:
                 hosts = self._save(states, hosts)
             if self.signals.signum is not None:
@@ -400,8 +457,13 @@ class _Loop:
                            f"{self.step} (epoch {hosts[0].epoch + 1}, "
                            f"{self.step % self.per_epoch}/{self.per_epoch} steps)")
 
+    def _batches(self, batches):
+        return pipeline.prefetch_to_device(
+            batches, put=lambda batch: self.layout.put(batch, self.layout.batch))
+
     def _save(self, states, hosts) -> list[HostState]:
         """A step checkpoint of every member, holding its metrics.jsonl length."""
+        states = self.layout.fetch(states)
         saved = []
         for i, folder in enumerate(self.folders):
             state = self.member(states, i)
@@ -415,138 +477,163 @@ class _Loop:
             saved.append(host)
         return saved
 
-    def _sync(self, window, steps: int, elapsed: float, states, hosts) -> list[HostState]:
-        """Bring the summed step metrics to the host: log them, catch NaN/inf."""
+    def _sync(self, window, steps: int, elapsed: float, hosts) -> list[HostState]:
+        """Log the summed step metrics (host arrays) of every member; catch NaN/inf."""
         out = []
         for i, host in enumerate(hosts):
             m = StepMetrics(*self.member(tuple(window), i))
             nll, tokens = float(m.nll), float(m.tokens)
             bad, first_bad = int(m.nonfinite), int(m.first_nonfinite)
             if bad and self.config.train.on_nonfinite == "stop":
-                last = self.folders[i].latest_checkpoint()
-                kept = (f"kept checkpoint {last} (finite parameters)" if last else
-                        "no checkpoint was written yet")
-                raise TrainingError(
-                    f"non-finite loss or gradient at step {first_bad + 1} "
-                    f"(epoch {host.epoch + 1}); training stopped, {kept}. Lower "
-                    "train.learning_rate, or set train.on_nonfinite='skip'")
+                host = self._diverged(i, host, first_bad + 1)
             host = dataclasses.replace(host, epoch_nll=host.epoch_nll + nll,
                                        epoch_tokens=host.epoch_tokens + tokens,
                                        train_seconds=host.train_seconds + elapsed)
-            lr = float(f"{optim.learning_rate(self.member(states, i).opt_state):.7g}")
             record = dict(step=self.step, epoch=host.epoch + 1, train_loss=nll / max(tokens, 1.0),
-                          tokens_per_s=tokens / elapsed, lr=lr)
+                          tokens_per_s=tokens / elapsed, lr=float(f"{host.lr:.7g}"))
             if bad:
                 record["skipped_nonfinite"] = bad
             self.log(i, record)
             out.append(host)
+        if all(h.diverged_at is not None for h in out) and self.size > 1:
+            raise TrainingError("every member's loss turned non-finite; training stopped. "
+                                "Lower train.learning_rate")
         return out
 
-    def _evaluate(self, params, split: str) -> dict[str, float]:
-        return train.evaluate(params, self.lm_config,
-                              pipeline.eval_batches(self.config, self.corpus, split),
-                              self.eval_step)
+    def _diverged(self, i: int, host: HostState, step: int) -> HostState:
+        """A single run stops; a population member is frozen and reported."""
+        if self.size == 1:
+            last = self.folders[i].latest_checkpoint()
+            kept = (f"kept checkpoint {last} (finite parameters)" if last else
+                    "no checkpoint was written yet")
+            raise TrainingError(
+                f"non-finite loss or gradient at step {step} (epoch {host.epoch + 1}); "
+                f"training stopped, {kept}. Lower train.learning_rate, or set "
+                "train.on_nonfinite='skip'")
+        self.print(f"\njax-lm: warning: {self.folders[i].path.name}: non-finite loss or "
+                   f"gradient at step {step}; this member is frozen (its non-finite steps "
+                   "were skipped), the others go on")
+        self.log(i, {"step": self.step, "epoch": host.epoch + 1, "diverged_at": step})
+        return dataclasses.replace(host, diverged_at=step)
 
-    def _watched(self, params, record: dict) -> float:
-        """The number a plateau rule compares, as a loss (lower is better)."""
+    def _evaluate(self, params, split: str) -> list[dict[str, float]]:
+        """Scores of every member's params (laid out on the devices) on `split`."""
+        totals = carry = None
+        for batch in self._batches(pipeline.eval_batches(self.config, self.corpus, split)):
+            if carry is None:
+                carry = model.init_carry(self.lm_config, batch.inputs.shape[0])
+                carry = self.layout.put(self.stack([carry] * self.size), self.layout.rows)
+            nll, count, carry = self.eval_step(params, batch, carry)
+            totals = (nll, count) if totals is None else (totals[0] + nll, totals[1] + count)
+        nll, count = (np.atleast_1d(x) for x in self.layout.fetch(totals))
+        return [train.scores(float(nll[i]), float(count[i])) for i in range(self.size)]
+
+    def _watched(self, params, records: list[dict]) -> list[float]:
+        """The numbers a plateau rule compares, as losses (lower is better)."""
         metric = self.config.train.lr_rule_metric
         if metric == "train_eval":
-            return self._evaluate(params, "train")["nll"]
-        watched = {"valid": record.get("valid_nll"), "train": record.get("train_nll")}[metric]
-        if watched is None:
+            return [s["nll"] for s in self._evaluate(params, "train")]
+        key = {"valid": "valid_nll", "train": "train_nll"}[metric]
+        if records[0].get(key) is None:
             raise config_lib.ConfigError("train.lr_rule_metric='valid' needs a validation "
                                          "split; this corpus has none (use 'train')")
-        return watched
+        return [r[key] for r in records]
 
     def _evaluate_at_start(self, states, hosts):
         """Epoch-0 scores of the initial parameters (001 evaluates before it trains)."""
-        out = []
-        for i, host in enumerate(hosts):
-            params = self.member(states, i).params
-            record = {"epoch": 0, "step": 0}
-            if "valid" in self.corpus.splits:
-                valid = self._evaluate(params, "valid")
+        records = [{"epoch": 0, "step": 0} for _ in hosts]
+        if "valid" in self.corpus.splits:
+            for record, valid in zip(records, self._evaluate(states.params, "valid")):
                 record.update(valid_nll=valid["nll"], valid_ppl=valid["ppl"],
                               valid_bits=valid["bits"])
-            if self.rule is not None and self.config.train.lr_rule_metric != "train":
-                watched = self._watched(params, record)
-                record["lr_rule_metric"] = watched
-                host = dataclasses.replace(
-                    host, lr_reference=-watched if self.rule.mode == "max" else watched)
+        if self.rule is not None and self.config.train.lr_rule_metric != "train":
+            watched = self._watched(states.params, records)
+            for i, host in enumerate(hosts):
+                records[i]["lr_rule_metric"] = watched[i]
+                hosts[i] = dataclasses.replace(
+                    host, lr_reference=-watched[i] if self.rule.mode == "max" else watched[i])
+        for i, record in enumerate(records):
             self.log(i, record)
-            out.append(dataclasses.replace(host, started=True))
-        return states, out
+        return states, [dataclasses.replace(h, started=True) for h in hosts]
 
     def _end_epoch(self, states, hosts):
         """Validation, the learning-rate rule, the best checkpoint, for every member."""
-        t = self.config.train
-        new_states, out = [], []
-        for i, host in enumerate(hosts):
-            state = self.member(states, i)
-            epoch = host.epoch + 1
+        records = []
+        for host in hosts:
             train_nll = host.epoch_nll / max(host.epoch_tokens, 1.0)
-            record = {"epoch": epoch, "step": self.step, "train_nll": train_nll,
-                      "train_ppl": train.perplexity(train_nll)}
-            best = host.best_valid
-            if "valid" in self.corpus.splits:
-                valid = self._evaluate(state.params, "valid")
-                record.update(valid_nll=valid["nll"], valid_ppl=valid["ppl"],
-                              valid_bits=valid["bits"])
-                if math.isfinite(valid["nll"]) and (best is None or valid["nll"] < best):
-                    best = valid["nll"]
-                    self.folders[i].save_best(state, dataclasses.asdict(host))
-            lr, reference = optim.learning_rate(state.opt_state), host.lr_reference
+            records.append({"epoch": host.epoch + 1, "step": self.step, "train_nll": train_nll,
+                            "train_ppl": train.perplexity(train_nll)})
+        best = [h.best_valid for h in hosts]
+        if "valid" in self.corpus.splits:
+            improved = []
+            for i, valid in enumerate(self._evaluate(states.params, "valid")):
+                records[i].update(valid_nll=valid["nll"], valid_ppl=valid["ppl"],
+                                  valid_bits=valid["bits"])
+                if math.isfinite(valid["nll"]) and (best[i] is None or valid["nll"] < best[i]):
+                    best[i] = valid["nll"]
+                    improved.append(i)
+            if improved:
+                host_states = self.layout.fetch(states)
+                for i in improved:
+                    self.folders[i].save_best(self.member(host_states, i),
+                                              dataclasses.asdict(hosts[i]))
+        watched = (self._watched(states.params, records)
+                   if self.rule is not None and self.config.train.lr_rule != "zaremba" else None)
+        out = []
+        for i, host in enumerate(hosts):
+            t, epoch = self.configs[i].train, host.epoch + 1
+            lr, reference = host.lr, host.lr_reference
             if t.lr_rule == "zaremba":
                 lr = lr_rules.zaremba_decay(t.learning_rate, epoch + 1, start=t.lr_decay_start,
                                             decay=t.lr_decay)
-            elif self.rule is not None:
-                watched = self._watched(state.params, record)
-                if self.rule.mode == "max":  # a likelihood rule (000) watches the likelihood
-                    watched = -watched
-                plateau = self.rule.update(lr_rules.PlateauState(lr, reference), watched)
+            elif watched is not None:
+                value = -watched[i] if self.rule.mode == "max" else watched[i]
+                plateau = self.rule.update(lr_rules.PlateauState(lr, reference), value)
                 lr, reference = plateau.learning_rate, plateau.reference
-                record["lr_rule_metric"] = watched
-            record["next_lr"] = lr
-            new_states.append(state._replace(
-                opt_state=optim.set_learning_rate(state.opt_state, lr)))
+                records[i]["lr_rule_metric"] = value
+            records[i]["next_lr"] = lr
             out.append(dataclasses.replace(host, epoch=epoch, lr=lr, lr_reference=reference,
-                                           best_valid=best, epoch_nll=0.0, epoch_tokens=0.0))
-            self.log(i, record)
-        return self.stack(new_states), out
+                                           best_valid=best[i], epoch_nll=0.0, epoch_tokens=0.0))
+            self.log(i, records[i])
+        lr_dtype = self.template.opt_state.hyperparams["learning_rate"].dtype
+        states = self.with_lr(states, self.per_member([h.lr for h in out], lr_dtype))
+        return states, out
 
     def _close(self, states, hosts) -> list[dict[str, Any]]:
         """Score the last partial epoch (time budget), then test, plot and sample."""
-        mid_epoch = self.step % self.per_epoch != 0
-        results = []
-        for i, host in enumerate(hosts):
-            folder, state = self.folders[i], self.member(states, i)
-            if mid_epoch and "valid" in self.corpus.splits:
-                # Logged, and kept as the best only when no epoch has ended yet: the best
-                # checkpoint stays an end-of-epoch one, as in a run never stopped.
-                valid = self._evaluate(state.params, "valid")
+        host_states = self.layout.fetch(states)
+        if self.step % self.per_epoch != 0 and "valid" in self.corpus.splits:
+            # Logged, and kept as the best only when no epoch has ended yet: the best
+            # checkpoint stays an end-of-epoch one, as in a run never stopped.
+            for i, valid in enumerate(self._evaluate(states.params, "valid")):
+                host = hosts[i]
                 self.log(i, {"epoch": host.epoch + 1, "step": self.step, "partial_epoch": True,
                              "valid_nll": valid["nll"], "valid_ppl": valid["ppl"],
                              "valid_bits": valid["bits"]})
                 if host.best_valid is None and math.isfinite(valid["nll"]):
-                    folder.save_best(state, dataclasses.asdict(host))
-            params = state.params
-            if checkpoint.best_path(folder.path).exists():
-                params = checkpoint.load_checkpoint(checkpoint.best_path(folder.path),
-                                                    state)[0].params
-            result: dict[str, Any] = {"step": self.step, "num_params": model.num_params(params),
-                                      "train_seconds": round(host.train_seconds, 1)}
-            for split in ("valid", "test"):
-                if split in self.corpus.splits and (split == "valid" or
-                                                    self.config.train.eval_test):
-                    scores = self._evaluate(params, split)
-                    result.update({f"{split}_{k}": v for k, v in scores.items()})
+                    self.folders[i].save_best(self.member(host_states, i),
+                                              dataclasses.asdict(host))
+        finals = []  # every member's best params (or its last, without a best checkpoint)
+        for i, folder in enumerate(self.folders):
+            best = checkpoint.best_path(folder.path)
+            finals.append(checkpoint.load_checkpoint(best, self.template)[0].params
+                          if best.exists() else self.member(host_states, i).params)
+        params = self.layout.put(self.stack(finals), self.layout.member)
+        results = [{"step": self.step, "num_params": model.num_params(finals[i]),
+                    "train_seconds": round(h.train_seconds, 1)} for i, h in enumerate(hosts)]
+        for i, host in enumerate(hosts):
+            if host.diverged_at is not None:
+                results[i]["diverged_at"] = host.diverged_at
+        for split in ("valid", "test"):
+            if split in self.corpus.splits and (split == "valid" or self.config.train.eval_test):
+                for i, scores in enumerate(self._evaluate(params, split)):
+                    results[i].update({f"{split}_{k}": v for k, v in scores.items()})
+        for i, (folder, result) in enumerate(zip(self.folders, results)):
             self.log(i, {"final": True, **result})
-            run = runs.Run(self.configs[i], self.lm_config, self.vocab,
-                           self.corpus.tokenizer, params, {})
+            run = runs.Run(self.configs[i], self.member_lm_configs[i], self.vocab,
+                           self.corpus.tokenizer, finals[i], {})
             end = RunEnd(folder, run, folder.records(), result)
             for callback in self.callbacks:
                 callback.on_end(i, end)
-            results.append(result)
         self._save(states, [dataclasses.replace(h, closed_step=self.step) for h in hosts])
         return results
-

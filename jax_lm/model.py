@@ -117,9 +117,12 @@ def init_carry(config: LMConfig, batch_size: int) -> tuple:
                  for _ in range(config.num_layers))
 
 
-def _dropout(key: Array | None, rate: float, x: Array) -> Array:
-    """Inverted dropout; the identity when `key` is None (evaluation) or rate is 0."""
-    if key is None or rate == 0.0:
+def _dropout(key: Array | None, rate: float | Array, x: Array) -> Array:
+    """Inverted dropout; the identity when `key` is None (evaluation) or rate is 0.
+
+    `rate` may be a traced scalar (a population's members differ in it).
+    """
+    if key is None or (isinstance(rate, float) and rate == 0.0):
         return x
     keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
     return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
@@ -173,12 +176,14 @@ def _scan_layer(config: LMConfig, params: Params, carry, xw: Array, mask: Array 
 
 
 def _run_layers(params: Params, config: LMConfig, tokens: Array, carry: tuple,
-                mask: Array | None, dropout_key: Array | None, return_carries: bool):
+                mask: Array | None, dropout_key: Array | None, return_carries: bool,
+                dropout_rate: float | Array | None = None):
     """The stacked layers over time-major tokens [T, B]; returns (h or carries per layer, carry).
 
     With `config.compute_dtype` the params and carries are cast to it on the way in, and the
     returned carries (not the features) back to `param_dtype` on the way out.
     """
+    rate = config.dropout if dropout_rate is None else dropout_rate
     keys = ([None] * (config.num_layers + 1) if dropout_key is None
             else list(jax.random.split(dropout_key, config.num_layers + 1)))
     cell = config.cell
@@ -190,7 +195,7 @@ def _run_layers(params: Params, config: LMConfig, tokens: Array, carry: tuple,
         if x is None:  # one-hot first layer: gather rows of w_x
             xw = cells.project_ids(lp, tokens)
         else:
-            xw = project(lp, _dropout(keys[layer], config.dropout, x))  # (T, B, G·H)
+            xw = project(lp, _dropout(keys[layer], rate, x))  # (T, B, G·H)
         c, out = _scan_layer(config, lp, c, xw, mask, return_carries)
         new_carry.append(c)
         per_layer.append(out)
@@ -199,11 +204,12 @@ def _run_layers(params: Params, config: LMConfig, tokens: Array, carry: tuple,
         dtype = jnp.dtype(config.param_dtype)
         new_carry = _cast(new_carry, dtype)
         per_layer = _cast(per_layer, dtype) if return_carries else per_layer
-    return per_layer, tuple(new_carry), _dropout(keys[-1], config.dropout, x)
+    return per_layer, tuple(new_carry), _dropout(keys[-1], rate, x)
 
 
 def hidden_states(params: Params, tokens: Array, carry: tuple, *, config: LMConfig,
-                  mask: Array | None = None, dropout_key: Array | None = None):
+                  mask: Array | None = None, dropout_key: Array | None = None,
+                  dropout_rate: float | Array | None = None):
     """Top-layer features that feed the output projection.
 
     Args:
@@ -211,12 +217,14 @@ def hidden_states(params: Params, tokens: Array, carry: tuple, *, config: LMConf
       carry: per-layer carries from `init_carry` or a previous window.
       mask: optional [B, T]; 0 marks padding, where every layer holds its state.
       dropout_key: enables dropout (training); None disables it (evaluation).
+      dropout_rate: overrides `config.dropout` (may be traced, e.g. per population member).
 
     Returns:
       (h [B, T, H] after the output dropout, new carry).
     """
     mask_tm = None if mask is None else mask.T.astype(bool)
-    _, carry, h = _run_layers(params, config, tokens.T, carry, mask_tm, dropout_key, False)
+    _, carry, h = _run_layers(params, config, tokens.T, carry, mask_tm, dropout_key, False,
+                              dropout_rate)
     return jnp.swapaxes(h, 0, 1), carry
 
 
@@ -271,10 +279,11 @@ def apply_lm(params: Params, tokens: Array, carry: tuple, *, config: LMConfig,
 
 
 def token_nll(params: Params, tokens: Array, targets: Array, carry: tuple, *,
-              config: LMConfig, mask: Array | None = None, dropout_key: Array | None = None):
+              config: LMConfig, mask: Array | None = None, dropout_key: Array | None = None,
+              dropout_rate: float | Array | None = None):
     """Negative log-likelihood of each target: (nll [B, T] with 0 on padding, new carry)."""
     h, carry = hidden_states(params, tokens, carry, config=config, mask=mask,
-                             dropout_key=dropout_key)
+                             dropout_key=dropout_key, dropout_rate=dropout_rate)
     nll = _softmax_nll(params, h, targets, config=config)
     return (nll if mask is None else jnp.where(mask.astype(bool), nll, 0.0)), carry
 

@@ -34,17 +34,21 @@ def make_optimizer(name: str, learning_rate: float, *, clip_norm: float | None =
       name: one of `OPTIMIZERS` ("sgd", "momentum", "adagrad", "rmsprop", "adam", "adamw").
       learning_rate: initial rate; read and changed with `learning_rate` /
         `set_learning_rate`.
-      clip_norm: rescale gradients whose global L2 norm exceeds this (Pascanu et al. 2013).
+      clip_norm: rescale gradients whose global L2 norm exceeds this (Pascanu et al. 2013);
+        held in the state as "clip_norm".
       options: passed to the optax constructor (e.g. b1, b2, eps, weight_decay).
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}")
 
-    def build(learning_rate):
+    def build(learning_rate, clip_norm=None):
         opt = OPTIMIZERS[name](learning_rate, **options)
         return opt if clip_norm is None else optax.chain(optax.clip_by_global_norm(clip_norm), opt)
 
-    return optax.inject_hyperparams(build)(learning_rate=learning_rate)
+    hyperparams = {"learning_rate": learning_rate}
+    if clip_norm is not None:  # in the state too: members of a population may differ in it
+        hyperparams["clip_norm"] = clip_norm
+    return optax.inject_hyperparams(build)(**hyperparams)
 
 
 def learning_rate(opt_state) -> float:
@@ -52,8 +56,14 @@ def learning_rate(opt_state) -> float:
     return float(opt_state.hyperparams["learning_rate"])
 
 
-def set_learning_rate(opt_state, value: float):
+def set_learning_rate(opt_state, value):
     """A copy of a `make_optimizer` state with a new learning rate (same dtype, no retrace)."""
-    old = opt_state.hyperparams["learning_rate"]
-    hyperparams = {**opt_state.hyperparams, "learning_rate": jnp.asarray(value, old.dtype)}
+    return set_hyperparams(opt_state, learning_rate=value)
+
+
+def set_hyperparams(opt_state, **values):
+    """A copy of a `make_optimizer` state with new hyperparameter values (same dtypes)."""
+    hyperparams = dict(opt_state.hyperparams)
+    for name, value in values.items():
+        hyperparams[name] = jnp.asarray(value, hyperparams[name].dtype)
     return opt_state._replace(hyperparams=hyperparams)

@@ -101,9 +101,10 @@ def eval_batches(config, corpus, split: str) -> Iterator[batching.Batch]:
     return batching.stream_batches(ids, batch_size, d.seq_len, num_epochs=1)
 
 
-def prefetch_to_device(batches: Iterator[batching.Batch], size: int = PREFETCH
-                       ) -> Iterator[batching.Batch]:
-    """`batches`, each copied to the default device (`jax.device_put`) `size` batches ahead.
+def prefetch_to_device(batches: Iterator[batching.Batch], size: int = PREFETCH,
+                       put=jax.device_put) -> Iterator[batching.Batch]:
+    """`batches`, each copied to the device(s) by `put` (default: `jax.device_put` to the
+    default device) `size` batches ahead.
 
     The copy is asynchronous: batch n + 1 travels to the accelerator while step n runs,
     instead of at the call of step n + 1. On a CPU backend it changes nothing but where
@@ -114,7 +115,7 @@ def prefetch_to_device(batches: Iterator[batching.Batch], size: int = PREFETCH
         raise ValueError(f"prefetch size must be ≥ 1, got {size}")
     ahead: collections.deque = collections.deque()
     for batch in batches:
-        ahead.append(jax.device_put(batch))
+        ahead.append(put(batch))
         if len(ahead) > size:
             yield ahead.popleft()
     while ahead:

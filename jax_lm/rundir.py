@@ -272,3 +272,36 @@ def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
         if isinstance(record, dict):
             records.append(record)
     return records
+
+
+class FollowerRunDir(RunDir):
+    """A run folder as a process other than process 0 of a multi-process run sees it:
+    it reads as `RunDir` does and writes nothing (process 0 holds the lock and writes)."""
+
+    @contextlib.contextmanager
+    def locked(self, *, new: bool = False) -> Iterator[RunDir]:
+        yield self
+
+    def started(self) -> None:
+        pass
+
+    def write_config(self, text: str) -> None:
+        pass
+
+    def write_text(self, name: str, text: str) -> None:
+        pass
+
+    def save_figure(self, figure, name: str = CURVES) -> None:
+        pass
+
+    def log(self, record: dict[str, Any]) -> None:
+        pass
+
+    def cut_log(self, offset: int) -> str | None:
+        return None
+
+    def save_step(self, step: int, state, metadata: dict, keep: int) -> None:
+        return None
+
+    def save_best(self, state, metadata: dict) -> None:
+        return None

@@ -1,6 +1,6 @@
 """Training steps: the TrainState pytree and the jitted, pure train/eval steps.
 
-    batch (device) ──▶ train_step(state, batch) ──▶ (state, StepMetrics)    jitted, state donated
+    batch (device) ──▶ train_step(state, batch[, controls]) ──▶ (state, StepMetrics)  state donated
                        eval_step(params, batch, carry) ──▶ (Σ nll, Σ tokens, carry)
 
 Nothing here does I/O: the schedule around the steps (epochs, validation, learning-rate
@@ -59,6 +59,13 @@ class StepMetrics(NamedTuple):
                            self.nonfinite + other.nonfinite, first)
 
 
+class Controls(NamedTuple):
+    """Per-member inputs of a population's step (scalars; [S] arrays under `jax.vmap`)."""
+
+    live: Array                  # bool: False freezes the member (no update), e.g. diverged
+    dropout: Array | None = None  # the member's dropout rate (None: the LMConfig's)
+
+
 def init_train_state(key: Array, config: LMConfig, optimizer, batch_size: int) -> TrainState:
     k_init, k_rng = jax.random.split(key)
     params = model.init_lm(k_init, config)
@@ -87,34 +94,36 @@ def make_train_step(config: LMConfig, optimizer, *, regime: str = "truncated", w
     the batch, as Zaremba's code) or Σ nll ("sum", the per-sentence loss of 000 and 001).
     A step whose loss or gradient is not finite (a NaN/inf entry, or a gradient norm beyond
     the float range) leaves params and optimizer state unchanged and is counted in the
-    metrics.
+    metrics. `controls` (optional, `Controls`) freezes a member or sets its dropout rate.
     """
     if regime not in REGIMES:
         raise ValueError(f"unknown regime {regime!r}; choose one of {REGIMES}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"unknown loss_reduction {reduction!r}; choose one of {REDUCTIONS}")
 
-    def loss_fn(params, batch, carry, dropout_key):
+    def loss_fn(params, batch, carry, dropout_key, dropout_rate):
         mask = batch.mask
         if regime == "window":
             nll = bptt.window_token_nll(params, batch.inputs, batch.targets, carry,
                                         config=config, k=window_k, mask=mask)
         else:
             nll, carry = model.token_nll(params, batch.inputs, batch.targets, carry,
-                                         config=config, mask=mask, dropout_key=dropout_key)
+                                         config=config, mask=mask, dropout_key=dropout_key,
+                                         dropout_rate=dropout_rate)
         total, count = nll.sum(), mask.sum()
         loss = {"token_mean": total / jnp.maximum(count, 1.0), "batch_mean":
                 total / batch.inputs.shape[0], "sum": total}[reduction]
         return loss, (total, count, carry)
 
-    def train_step(state: TrainState, batch: batching.Batch):
+    def train_step(state: TrainState, batch: batching.Batch, controls: Controls | None = None):
         batch_size = batch.inputs.shape[0]
         fresh = model.init_carry(config, batch_size)
         carry = fresh if regime in ("full", "window") else _reset_rows(state.carry, batch.reset,
                                                                        fresh)
         dropout_key = jax.random.fold_in(state.rng, state.step) if config.dropout else None
+        live, rate = (True, None) if controls is None else controls
         grads, (total, count, carry) = jax.grad(loss_fn, has_aux=True)(
-            state.params, batch, carry, dropout_key)
+            state.params, batch, carry, dropout_key, rate)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = jax.tree.map(jnp.add, state.params, updates)
 
@@ -124,12 +133,13 @@ def make_train_step(config: LMConfig, optimizer, *, regime: str = "truncated", w
         # Zaremba-small step. An overflowing update shows as a NaN loss at the next step,
         # and the loop never saves non-finite parameters.)
         finite = jnp.isfinite(total) & jnp.isfinite(optax.tree.norm(grads))
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+        ok, bad = finite & live, ~finite & live
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)  # noqa: E731
         metrics = StepMetrics(
-            nll=jnp.where(finite, total, 0.0).astype(jnp.float32),
-            tokens=jnp.where(finite, count, 0.0).astype(jnp.float32),
-            nonfinite=(~finite).astype(jnp.int32),
-            first_nonfinite=jnp.where(finite, -1, state.step).astype(jnp.int32))
+            nll=jnp.where(ok, total, 0.0).astype(jnp.float32),
+            tokens=jnp.where(ok, count, 0.0).astype(jnp.float32),
+            nonfinite=bad.astype(jnp.int32),
+            first_nonfinite=jnp.where(bad, state.step, -1).astype(jnp.int32))
         return TrainState(step=state.step + 1, params=keep(params, state.params),
                           opt_state=keep(opt_state, state.opt_state), rng=state.rng,
                           carry=keep(carry, fresh)), metrics
@@ -137,7 +147,7 @@ def make_train_step(config: LMConfig, optimizer, *, regime: str = "truncated", w
     return jax.jit(train_step, donate_argnums=0) if jit else train_step
 
 
-def make_eval_step(config: LMConfig) -> Callable:
+def make_eval_step(config: LMConfig, *, jit: bool = True) -> Callable:
     """A jitted `eval_step(params, batch, carry) -> (Σ nll, Σ tokens, carry)`, no dropout."""
 
     def eval_step(params, batch: batching.Batch, carry):
@@ -146,7 +156,7 @@ def make_eval_step(config: LMConfig) -> Callable:
                                      config=config, mask=batch.mask)
         return nll.sum(), batch.mask.sum(), carry
 
-    return jax.jit(eval_step)
+    return jax.jit(eval_step) if jit else eval_step
 
 
 def evaluate(params: Params, config: LMConfig, batches: Iterator[batching.Batch],
@@ -159,7 +169,11 @@ def evaluate(params: Params, config: LMConfig, batches: Iterator[batching.Batch]
             carry = model.init_carry(config, batch.inputs.shape[0])
         nll, n, carry = eval_step(params, batch, carry)
         total, count = total + nll, count + n  # stays on the device until the end
-    total, count = float(total), float(count)
+    return scores(float(total), float(count))
+
+
+def scores(total: float, count: float) -> dict[str, float]:
+    """Mean NLL (nats), perplexity and bits per token from Σ NLL over `count` targets."""
     if count == 0:
         raise TrainingError("evaluation saw no tokens")
     mean = total / count

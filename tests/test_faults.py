@@ -101,13 +101,13 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 PHASES = {
     "step": ("jax_lm.loop._Loop", "_sync", 2),                 # between steps (finish, save)
     "checkpoint": ("jax_lm.checkpoint", "save_checkpoint", 3),  # while a checkpoint is written
-    "validation": ("jax_lm.train", "evaluate", 1),            # the first epoch end
+    "validation": ("jax_lm.loop._Loop", "_evaluate", 1),      # the first epoch end
     "best": ("jax_lm.rundir.RunDir", "save_best", 1),          # writing the best checkpoint
     "lr_rule": ("jax_lm.optim", "set_learning_rate", 1),       # the learning-rate decision
     "log": ("jax_lm.rundir.RunDir", "log", 7),                 # appending to metrics.jsonl
     "plot": ("jax_lm.rundir.RunDir", "save_figure", 1),        # the end: curves.png
     "samples": ("jax_lm.runs", "sample_texts", 1),             # the end: samples.txt
-    "test": ("jax_lm.train", "evaluate", 4),                   # the end: the test split
+    "test": ("jax_lm.loop._Loop", "_evaluate", 4),             # the end: the test split
 }
 
 
@@ -199,7 +199,7 @@ def _run_driver(tmp_path, corpus, run_dir, owner="-", name="-", nth=0, resume=Fa
 KILL_POINTS = [
     ("jax_lm.checkpoint", "save_checkpoint", 1),   # the start: before its first checkpoint
     ("jax_lm.checkpoint", "save_checkpoint", 3),   # mid-run, while a step checkpoint is written
-    ("jax_lm.train", "evaluate", 2),               # during the second epoch's validation
+    ("jax_lm.loop._Loop", "_evaluate", 2),         # during the second epoch's validation
     ("jax_lm.rundir.RunDir", "save_figure", 1),    # during the end-of-run work
 ]
 
