@@ -48,11 +48,6 @@ class StepMetrics(NamedTuple):
     nonfinite: Array       # steps whose loss or gradient was NaN/inf (their update was skipped)
     first_nonfinite: Array  # first such step, or -1
 
-    @staticmethod
-    def zeros() -> StepMetrics:
-        z = jnp.zeros((), jnp.float32)
-        return StepMetrics(z, z, jnp.zeros((), jnp.int32), jnp.full((), -1, jnp.int32))
-
     def __add__(self, other: StepMetrics) -> StepMetrics:  # noqa: D105
         first = jnp.where(self.first_nonfinite >= 0, self.first_nonfinite, other.first_nonfinite)
         return StepMetrics(self.nll + other.nll, self.tokens + other.tokens,
@@ -135,9 +130,10 @@ def make_train_step(config: LMConfig, optimizer, *, regime: str = "truncated", w
         finite = jnp.isfinite(total) & jnp.isfinite(optax.tree.norm(grads))
         ok, bad = finite & live, ~finite & live
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)  # noqa: E731
+        wide = jnp.promote_types(total.dtype, jnp.float32)  # float64 runs sum in float64
         metrics = StepMetrics(
-            nll=jnp.where(ok, total, 0.0).astype(jnp.float32),
-            tokens=jnp.where(ok, count, 0.0).astype(jnp.float32),
+            nll=jnp.where(ok, total, 0.0).astype(wide),
+            tokens=jnp.where(ok, count, 0.0).astype(wide),
             nonfinite=bad.astype(jnp.int32),
             first_nonfinite=jnp.where(bad, state.step, -1).astype(jnp.int32))
         return TrainState(step=state.step + 1, params=keep(params, state.params),
