@@ -301,8 +301,10 @@ def _add_sweep(commands) -> None:
                    "get_config() and get_sweep()")
     p.add_argument("--workdir", default=None, help="sweep folder (default: runs/<name>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--vmap-seeds", action="store_true",
-                   help="train the points that differ only in seed together (jax.vmap)")
+    p.add_argument("--population", default="on", choices=("on", "seeds", "off"),
+                   help="train the points that share shapes together as populations (on, "
+                   "the default), only those that differ in seed (seeds), or one by one (off)")
+    p.add_argument("--vmap-seeds", action="store_true", help="the same as --population seeds")
     p.set_defaults(run=_sweep, takes_overrides=True)
 
 
@@ -317,7 +319,8 @@ def _sweep(args: argparse.Namespace) -> int:
         _enable_x64_if_asked(sweep.point_config(base, point))
     workdir = args.workdir or f"runs/{Path(args.sweep).stem}"
     sweep.run_sweep(args.sweep, workdir, progress=not args.no_progress,
-                    vmap_seeds=args.vmap_seeds, overrides=args.overrides)
+                    population_mode="seeds" if args.vmap_seeds else args.population,
+                    overrides=args.overrides)
     return 0
 
 

@@ -211,11 +211,8 @@ class _Loop:
         self.member_lm_configs = [config_lib.build_lm_config(m, self.vocab.size)
                                   for m in configs]
         self.lm_config = population.member_lm_config(self.member_lm_configs[0], configs)
-        self.clip_norm = population.clip_norm(configs)
         t = c.train
-        self.optimizer = optim.make_optimizer(t.optimizer, t.learning_rate,
-                                              clip_norm=self.clip_norm,
-                                              **dict(t.optimizer_options))
+        self.optimizer = train.build_optimizer(c)
         self.rule = PLATEAU_RULES.get(t.lr_rule)
         self.per_epoch = pipeline.steps_per_epoch(c, self.corpus)
         self.total = t.epochs * self.per_epoch
@@ -288,12 +285,11 @@ class _Loop:
 
     def _init_member(self, i: int):
         """Member i's initial state, on the host's default device (its own config's init
-        scale, learning rate and clip norm: what its single run would start from)."""
+        scale, learning rate and clip norm: what its single run starts from)."""
         config = self.configs[i]
         state = train.init_train_state(jax.random.key(config.seed), self.member_lm_configs[i],
                                        self.optimizer, config.data.batch_size)
-        return state._replace(opt_state=population.member_opt_state(
-            state.opt_state, config, clipping=self.clip_norm is not None))
+        return state._replace(opt_state=population.member_opt_state(state.opt_state, config))
 
     def _fresh(self):
         states = self.stack([self._init_member(i) for i in range(self.size)])
@@ -481,6 +477,9 @@ class _Loop:
         """Log the summed step metrics (host arrays) of every member; catch NaN/inf."""
         out = []
         for i, host in enumerate(hosts):
+            if host.diverged_at is not None:  # frozen: nothing to log
+                out.append(dataclasses.replace(host, train_seconds=host.train_seconds + elapsed))
+                continue
             m = StepMetrics(*self.member(tuple(window), i))
             nll, tokens = float(m.nll), float(m.tokens)
             bad, first_bad = int(m.nonfinite), int(m.first_nonfinite)

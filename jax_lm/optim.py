@@ -11,6 +11,7 @@ host-side rules of `jax_lm.lr_rules` can change it between steps without recompi
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import jax.numpy as jnp
@@ -35,20 +36,20 @@ def make_optimizer(name: str, learning_rate: float, *, clip_norm: float | None =
       learning_rate: initial rate; read and changed with `learning_rate` /
         `set_learning_rate`.
       clip_norm: rescale gradients whose global L2 norm exceeds this (Pascanu et al. 2013);
-        held in the state as "clip_norm".
+        None or 0: no clipping. Held in the state as "clip_norm" (inf when off).
       options: passed to the optax constructor (e.g. b1, b2, eps, weight_decay).
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}")
 
-    def build(learning_rate, clip_norm=None):
-        opt = OPTIMIZERS[name](learning_rate, **options)
-        return opt if clip_norm is None else optax.chain(optax.clip_by_global_norm(clip_norm), opt)
+    def build(learning_rate, clip_norm):
+        return optax.chain(optax.clip_by_global_norm(clip_norm),
+                           OPTIMIZERS[name](learning_rate, **options))
 
-    hyperparams = {"learning_rate": learning_rate}
-    if clip_norm is not None:  # in the state too: members of a population may differ in it
-        hyperparams["clip_norm"] = clip_norm
-    return optax.inject_hyperparams(build)(**hyperparams)
+    # Always in the state (inf: off), so every run's state has one structure and members
+    # of a population may differ in it.
+    return optax.inject_hyperparams(build)(learning_rate=learning_rate,
+                                           clip_norm=clip_norm or math.inf)
 
 
 def learning_rate(opt_state) -> float:

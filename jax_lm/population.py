@@ -35,11 +35,11 @@ def _flat(config) -> dict[str, object]:
     return out
 
 
-def population_key(config: config_lib.RunConfig) -> str:
-    """Equal for runs that can train as one population: the config without `MEMBER_FIELDS`
-    (and without the seed only where the batches depend on it)."""
+def population_key(config: config_lib.RunConfig, fields: tuple[str, ...] = MEMBER_FIELDS) -> str:
+    """Equal for runs that can train as one population: the config without `fields` (a
+    subset of `MEMBER_FIELDS`; the seed only where the batches do not depend on it)."""
     flat = _flat(config)
-    for key in MEMBER_FIELDS:
+    for key in fields:
         if key != "seed" or config.data.batcher == "stream":
             flat.pop(key)
     return json.dumps(flat, sort_keys=True, default=str)
@@ -67,19 +67,10 @@ def dropout_rates(configs) -> np.ndarray | None:
     return np.asarray(rates) if len(set(rates)) > 1 else None
 
 
-def clip_norm(configs) -> float | None:
-    """The clip norm the shared optimizer is built with (None: no member clips)."""
-    norms = [c.train.clip_norm for c in configs if c.train.clip_norm]
-    return norms[0] if norms else None
-
-
-def member_opt_state(opt_state, config, clipping: bool):
-    """A member's optimizer state with its own learning rate (and clip norm; a member
-    that does not clip in a population that does gets an infinite norm: no clipping)."""
-    values = {"learning_rate": config.train.learning_rate}
-    if clipping:
-        values["clip_norm"] = config.train.clip_norm or math.inf
-    return optim.set_hyperparams(opt_state, **values)
+def member_opt_state(opt_state, config):
+    """A member's optimizer state with its own learning rate and clip norm (inf: off)."""
+    return optim.set_hyperparams(opt_state, learning_rate=config.train.learning_rate,
+                                 clip_norm=config.train.clip_norm or math.inf)
 
 
 def member_lm_config(lm_config, configs):

@@ -3,9 +3,12 @@
 A sweep file is a config file whose module also defines `get_sweep()`: a list of override
 dicts (`{"model.cell": "gru", "seed": 1}`) applied to its `get_config()`. Every grid point
 is an ordinary run folder under the sweep folder, so a sweep that is stopped and started
-again skips the finished runs and resumes the interrupted one. With `vmap_seeds` (`jax-lm
-sweep --vmap-seeds`) the points that differ only in `seed` train together, one vmapped step
-for all seeds (`jax_lm.loop.fit_population`).
+again skips the finished runs and resumes the interrupted ones. Points whose configs differ
+only in `population.MEMBER_FIELDS` (seed, learning rate, clip norm, dropout, init scale,
+Zaremba decay) train together as one population: one vmapped step for all, their members
+split over the mesh's "population" axis (`jax_lm.loop.fit_population`); the folders,
+table and plot are the same as when each point trains alone (`jax-lm sweep --population
+off`). `--vmap-seeds` (`--population seeds`) groups only the points that differ in seed.
 
     sweep_dir/<point name>/...     one run folder per grid point
     sweep_dir/results.jsonl        one record per run (overrides, scores, training seconds)
@@ -23,7 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from jax_lm import checkpoint, loop, plots, rundir
+from jax_lm import checkpoint, loop, plots, population, rundir
 from jax_lm import config as config_lib
 
 
@@ -65,38 +68,46 @@ def point_config(base, overrides: dict[str, Any]):
                                       {k: _as_text(v) for k, v in overrides.items()})
 
 
-def _train_seed_groups(configs: dict[str, Any], grid: list[dict], sweep_dir: Path, progress,
-                       print_fn) -> None:
-    """Train, S seeds at a time (`loop.fit_population`), every group of grid points that
-    differ only in `seed` and have not started; other points are left to the loop."""
-    groups: dict[str, list[dict]] = {}
-    for overrides in grid:
-        if "seed" in overrides:
-            rest = {k: v for k, v in overrides.items() if k != "seed"}
-            groups.setdefault(json.dumps(rest, sort_keys=True), []).append(overrides)
-    for points in groups.values():
-        fresh = [p for p in points if not (sweep_dir / point_name(p)).exists()]
-        if len(fresh) < 2:
-            continue
-        names = [point_name(p) for p in fresh]
-        if configs[names[0]].data.batcher != "stream":
-            print_fn(f"seeds one by one: data.batcher={configs[names[0]].data.batcher!r} "
-                     "draws batches by seed")
-            continue
-        print_fn(f"[{len(fresh)} seeds at once] {', '.join(names)}")
-        loop.fit_population([configs[n] for n in names], [sweep_dir / n for n in names],
-                           progress=progress, print_fn=print_fn)
+GROUPINGS = ("on", "seeds", "off")
+
+
+def _groups(configs: dict[str, Any], names: list[str], grouping: str) -> list[list[str]]:
+    """The points that train together: every shape-compatible group ("on"), the points that
+    differ only in seed ("seeds", i.e. `--vmap-seeds`), or each alone ("off")."""
+    if grouping not in GROUPINGS:
+        raise config_lib.ConfigError(f"--population {grouping!r} is not one of "
+                                     f"{', '.join(GROUPINGS)}")
+    if grouping == "off":
+        return [[name] for name in names]
+    fields = population.MEMBER_FIELDS if grouping == "on" else ("seed",)
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(population.population_key(configs[name], fields), []).append(name)
+    return list(groups.values())
+
+
+def _batches(group: list[str], sweep_dir: Path) -> list[tuple[list[str], bool]]:
+    """(points, resume) to train: the group's new points together; its interrupted ones
+    together where they stopped at the same step (as a population stops), else alone."""
+    fresh = [n for n in group if not rundir.RunDir(sweep_dir / n).holds_run()]
+    by_step: dict[Any, list[str]] = {}
+    for name in group:
+        if name not in fresh:
+            latest = checkpoint.saved_steps(sweep_dir / name)
+            by_step.setdefault(latest[-1] if latest else None, []).append(name)
+    return ([(fresh, False)] if fresh else []) + [(names, True) for names in by_step.values()]
 
 
 def run_sweep(sweep: str | os.PathLike, sweep_dir: str | os.PathLike, *,
-              progress: bool = False, vmap_seeds: bool = False,
+              progress: bool = False, population_mode: str = "on", vmap_seeds: bool = False,
               overrides: dict[str, str] | None = None,
               print_fn: Callable[[str], None] = print) -> list[dict]:
     """Run every grid point that has not finished yet; write and return the result records.
 
     `overrides` (dotted key -> text, as `--config.*`) apply to every point before the
-    grid's own. Every point's config is checked before the first one trains. With
-    `vmap_seeds`, points that differ only in `seed` train together.
+    grid's own. Every point's config is checked before the first one trains. Points that
+    can share one vmapped step train together as a population (`population_mode="on"`);
+    "seeds" (or `vmap_seeds`) groups only points that differ in seed; "off" runs each alone.
     """
     base, grid = load_sweep(sweep)
     config_lib.apply_overrides(base, overrides or {})
@@ -104,26 +115,27 @@ def run_sweep(sweep: str | os.PathLike, sweep_dir: str | os.PathLike, *,
     configs = {point_name(p): config_lib.resolve(point_config(base, p)) for p in grid}
     sweep_dir = Path(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    if vmap_seeds:
-        _train_seed_groups(configs, grid, sweep_dir, progress, print_fn)
+    names = [point_name(p) for p in grid]
+    pending = [n for n in names if _final_record(sweep_dir / n) is None]
+    for name in names:
+        if name not in pending:
+            print_fn(f"[{names.index(name) + 1}/{len(grid)}] {name}: finished earlier, skipped")
+    for group in _groups(configs, pending, "seeds" if vmap_seeds else population_mode):
+        for members, resume in _batches(group, sweep_dir):
+            where = ", ".join(f"[{names.index(n) + 1}/{len(grid)}] {n}" for n in members)
+            print_fn(f"{where}" + (f" ({len(members)} together)" if len(members) > 1 else ""))
+            loop.fit_population([configs[n] for n in members], [sweep_dir / n for n in members],
+                                resume=resume, progress=progress, print_fn=print_fn)
     records = []
-    for i, point in enumerate(grid, 1):
-        name = point_name(point)
-        run_dir = sweep_dir / name
-        final = _final_record(run_dir)
-        if final is None:
-            print_fn(f"[{i}/{len(grid)}] {name}")
-            resume = checkpoint.latest_path(run_dir) is not None
-            loop.fit(configs[name], run_dir, resume=resume, progress=progress, print_fn=print_fn)
-            final = _final_record(run_dir)
-        else:
-            print_fn(f"[{i}/{len(grid)}] {name}: finished earlier, skipped")
+    for point, name in zip(grid, names):
+        final = _final_record(sweep_dir / name)
         records.append({"name": name, "overrides": point,
                         "seconds": final.get("train_seconds"),
                         "num_params": final.get("num_params"),
-                        **{k: v for k, v in final.items() if k.startswith(("valid_", "test_"))}})
+                        **{k: v for k, v in final.items()
+                           if k.startswith(("valid_", "test_")) or k == "diverged_at"}})
     checkpoint.write_atomic(sweep_dir / "results.jsonl",
-                        "".join(json.dumps(record) + "\n" for record in records))
+                            "".join(json.dumps(record) + "\n" for record in records))
     table = summarize(records)
     checkpoint.write_atomic(sweep_dir / "results.md", format_table(table))
     rundir.RunDir(sweep_dir).save_figure(plots.summary_figure(table), "results.png")
