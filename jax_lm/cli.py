@@ -152,12 +152,23 @@ def _add_train(commands) -> None:
                    help="continue the run in RUN_DIR from its latest checkpoint (overrides "
                    "given with it, e.g. a larger train.time_budget_minutes, apply from there)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    group = p.add_argument_group(
+        "several processes", "one process per host (or per GPU); all three together, or "
+        "none inside SLURM or on a TPU slice, where JAX reads them from the environment")
+    group.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                       help="address of process 0, which coordinates the others")
+    group.add_argument("--num-processes", type=int, default=None, metavar="N")
+    group.add_argument("--process-id", type=int, default=None, metavar="I",
+                       help="this process's rank, 0 … N-1 (process 0 writes the run folder)")
     p.set_defaults(run=_train, takes_overrides=True)
 
 
 def _train(args: argparse.Namespace) -> int:
     from jax_lm import config as config_lib
     from jax_lm import loop, runs
+    from jax_lm.mesh import join_processes
+
+    join_processes(args.coordinator, args.num_processes, args.process_id)  # before any JAX use
 
     if args.resume:
         if args.config_file or args.workdir:

@@ -31,6 +31,7 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from jax_lm import allocator, checkpoint, data, lr_rules, model, optim, pipeline, population
 from jax_lm import config as config_lib
@@ -220,6 +221,7 @@ class _Loop:
             self.total = min(self.total, t.max_steps)
         self.budget = 60.0 * t.time_budget_minutes
 
+        self.processes = jax.process_count()
         self.layout = mesh_lib.Layout(mesh_lib.make_mesh(c.mesh.population, c.mesh.data),
                                       self.size)
         self.layout.check_rows("data.batch_size", c.data.batch_size)
@@ -435,23 +437,36 @@ class _Loop:
                 window = metrics if window is None else window + metrics
                 self.step += 1
                 steps += 1
+                due = (self.step % self.per_epoch == 0 or self.step == self.total
+                       or (t.checkpoint_every and self.step % t.checkpoint_every == 0))
                 timed_out = self.budget > 0 and (
                     hosts[0].train_seconds + time.perf_counter() - start >= self.budget)
-                save = (self.step % self.per_epoch == 0 or self.step == self.total or timed_out
-                        or (t.checkpoint_every and self.step % t.checkpoint_every == 0)
-                        or self.signals.signum is not None)
-                if save or steps == t.log_every:
+                if due or steps == t.log_every or (self.processes == 1 and (
+                        timed_out or self.signals.signum is not None)):
                     break
             window = self.layout.fetch(window)  # waits for the steps: time them
-            hosts = self._sync(window, steps, time.perf_counter() - start, hosts)
-            if save or self.signals.signum is not None:
+            elapsed, timed_out, signum = self._agree(time.perf_counter() - start, timed_out,
+                                                     self.signals.signum)
+            hosts = self._sync(window, steps, elapsed, hosts)
+            if due or timed_out or signum is not None:
                 hosts = self._save(states, hosts)
-            if self.signals.signum is not None:
-                raise Interrupted(self.signals.signum, self.step, self.folders, saved=True)
+            if signum is not None:
+                raise Interrupted(signum, self.step, self.folders, saved=True)
             if timed_out:
                 self.print(f"\ntime budget of {t.time_budget_minutes:g} min spent at step "
                            f"{self.step} (epoch {hosts[0].epoch + 1}, "
                            f"{self.step % self.per_epoch}/{self.per_epoch} steps)")
+
+    def _agree(self, elapsed: float, timed_out: bool, signum: int | None):
+        """With several processes, one decision for all at a sync: process 0's time, and
+        stop when the budget is spent or a signal came for any of them (SLURM signals
+        the tasks one by one); the steps in between run without a collective."""
+        if self.processes == 1:
+            return elapsed, timed_out, signum
+        mine = np.array([elapsed, timed_out, signum or 0], np.float64)
+        every = np.asarray(multihost_utils.process_allgather(mine))  # [processes, 3]
+        signum = int(every[:, 2].max()) or None
+        return float(every[0, 0]), bool(every[:, 1].any()), signum
 
     def _batches(self, batches):
         return pipeline.prefetch_to_device(
@@ -612,6 +627,8 @@ class _Loop:
                 if host.best_valid is None and math.isfinite(valid["nll"]):
                     self.folders[i].save_best(self.member(host_states, i),
                                               dataclasses.asdict(host))
+        if self.processes > 1:  # process 0 has written the best checkpoints read below
+            multihost_utils.sync_global_devices("jax_lm: best checkpoints written")
         finals = []  # every member's best params (or its last, without a best checkpoint)
         for i, folder in enumerate(self.folders):
             best = checkpoint.best_path(folder.path)

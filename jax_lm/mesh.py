@@ -21,6 +21,7 @@ members that its own devices hold (`put`), and `fetch` gathers whole arrays back
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Sequence
 
 import jax
@@ -28,10 +29,12 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jax_lm.config import ConfigError
+
 AXES = ("population", "data")
 
 
-class MeshError(ValueError):
+class MeshError(ConfigError):
     """The devices cannot be laid out as the config asks; the message says why."""
 
 
@@ -61,6 +64,50 @@ def make_mesh(population: int = 1, data: int = 1,
     population, data = mesh_shape(population, data, len(devices))
     grid = np.array(devices[: population * data], dtype=object).reshape(population, data)
     return Mesh(grid, AXES)
+
+
+def cluster_environment() -> str | None:
+    """What says this process is one of several (for `jax.distributed.initialize()` to
+    read): a SLURM job of several tasks, a multi-host TPU slice, JAX_COORDINATOR_ADDRESS."""
+    if int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1:
+        return "SLURM"
+    if "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
+        return "a multi-host TPU slice"
+    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        return "JAX_COORDINATOR_ADDRESS"
+    return None
+
+
+def join_processes(coordinator: str | None = None, num_processes: int | None = None,
+                   process_id: int | None = None) -> bool:
+    """Join a multi-process run (`jax.distributed.initialize`) before JAX starts its backends.
+
+    With all three arguments, joins the run that `coordinator` (HOST:PORT, process 0's
+    address) coordinates; with none, joins when `cluster_environment()` finds a cluster
+    (JAX reads the rest from it), and otherwise stays a single process (returns False).
+    CPU processes exchange gradients through gloo.
+    """
+    given = (coordinator, num_processes, process_id)
+    if all(v is None for v in given):
+        if cluster_environment() is None:
+            return False
+    elif any(v is None for v in given):
+        raise MeshError("--coordinator, --num-processes and --process-id go together (give "
+                        "all three, or none inside SLURM or on a TPU slice)")
+    elif not 0 <= process_id < num_processes:
+        raise MeshError(f"--process-id {process_id} must be in [0, {num_processes})")
+    try:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    except (AttributeError, ValueError):  # a JAX without the option: its default
+        pass
+    where = coordinator or cluster_environment()
+    try:
+        jax.distributed.initialize(coordinator, num_processes, process_id)
+    except Exception as e:  # noqa: BLE001 - any failure to join is one sentence
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise MeshError(f"could not join the processes of this run through {where}: {first}") \
+            from None
+    return True
 
 
 def describe_devices() -> str:
