@@ -312,9 +312,11 @@ def _add_sweep(commands) -> None:
                    "get_config() and get_sweep()")
     p.add_argument("--workdir", default=None, help="sweep folder (default: runs/<name>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--population", default="on", choices=("on", "seeds", "off"),
-                   help="train the points that share shapes together as populations (on, "
-                   "the default), only those that differ in seed (seeds), or one by one (off)")
+    p.add_argument("--population", default="auto", choices=("auto", "on", "seeds", "off"),
+                   help="train the points that share shapes together as populations (on), "
+                   "only those that differ in seed (seeds), or one by one (off); auto (the "
+                   "default): on with an accelerator, off on a CPU, where populations are "
+                   "slower")
     p.add_argument("--vmap-seeds", action="store_true", help="the same as --population seeds")
     p.set_defaults(run=_sweep, takes_overrides=True)
 

@@ -708,11 +708,13 @@ def resolve(config: ml_collections.ConfigDict) -> RunConfig:
     return typed
 
 
-def check_memory(config: RunConfig, vocab_size: int, available: int | None = None) -> None:
+def check_memory(config: RunConfig, vocab_size: int, available: int | None = None,
+                 members: int = 1) -> None:
     """ConfigError when the estimated memory of a training step exceeds what there is.
 
     `available`: bytes (default: `memory.available_memory()`, the accelerator's limit, else
-    the machine's RAM).
+    the machine's RAM). `members`: population members held by one device (each needs as
+    much as one run).
     The message: "the model needs about 58.2 GiB of memory (parameters 14.9, optimizer
     state 29.8, gradients 14.9, activations 13.5) but this machine has 23.4 GiB; lower
     model.hidden_size, model.num_layers or data.batch_size".
@@ -720,14 +722,17 @@ def check_memory(config: RunConfig, vocab_size: int, available: int | None = Non
     where = "this machine"
     if available is None:
         available, where = memory.available_memory()
-    need = memory.estimate_memory(config, vocab_size)
+    need = {k: v * members for k, v in memory.estimate_memory(config, vocab_size).items()}
     if available is None or need["total"] <= available:
         return
     gib = 2.0 ** 30
     parts = ", ".join(f"{k} {v / gib:.1f}" for k, v in need.items() if k != "total")
-    raise ConfigError(f"the model needs about {need['total'] / gib:.1f} GiB of memory ({parts}) "
-                      f"but {where} has {available / gib:.1f} GiB; lower "
-                      "model.hidden_size, model.num_layers or data.batch_size")
+    who, fewer = (("the model", "") if members == 1 else
+                  (f"{members} population members on one device", ", train fewer members "
+                   "together or split them over more devices (mesh.population)"))
+    raise ConfigError(f"{who} need{'s' * (members == 1)} about {need['total'] / gib:.1f} GiB "
+                      f"of memory ({parts}) but {where} has {available / gib:.1f} GiB; lower "
+                      f"model.hidden_size, model.num_layers or data.batch_size{fewer}")
 
 
 def build_cell(model) -> cells.Cell:

@@ -208,7 +208,6 @@ class _Loop:
         vocab = self._saved_vocab() if resume else None
         self.corpus = pipeline.load_run_corpus(c, vocab)
         self.vocab = self.corpus.vocab
-        config_lib.check_memory(c, self.vocab.size)
         self.member_lm_configs = [config_lib.build_lm_config(m, self.vocab.size)
                                   for m in configs]
         self.lm_config = population.member_lm_config(self.member_lm_configs[0], configs)
@@ -224,6 +223,8 @@ class _Loop:
         self.processes = jax.process_count()
         self.layout = mesh_lib.Layout(mesh_lib.make_mesh(c.mesh.population, c.mesh.data),
                                       self.size)
+        config_lib.check_memory(c, self.vocab.size,
+                                members=self.size // self.layout.mesh.shape["population"])
         self.layout.check_rows("data.batch_size", c.data.batch_size)
         self.layout.check_rows("data.eval_batch_size", c.data.eval_batch_size or
                                c.data.batch_size)

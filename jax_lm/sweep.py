@@ -5,10 +5,12 @@ dicts (`{"model.cell": "gru", "seed": 1}`) applied to its `get_config()`. Every 
 is an ordinary run folder under the sweep folder, so a sweep that is stopped and started
 again skips the finished runs and resumes the interrupted ones. Points whose configs differ
 only in `population.MEMBER_FIELDS` (seed, learning rate, clip norm, dropout, init scale,
-Zaremba decay) train together as one population: one vmapped step for all, their members
-split over the mesh's "population" axis (`jax_lm.loop.fit_population`); the folders,
-table and plot are the same as when each point trains alone (`jax-lm sweep --population
-off`). `--vmap-seeds` (`--population seeds`) groups only the points that differ in seed.
+Zaremba decay) can train together as one population: one vmapped step for all, their
+members split over the mesh's "population" axis (`jax_lm.loop.fit_population`). The
+folders, table and plot are the same as when each point trains alone. `--population auto`
+(the default) forms populations on an accelerator and not on a CPU backend, where they
+train slower than one run after another; `on` / `off` choose; `--vmap-seeds` (`--population
+seeds`) groups only the points that differ in seed.
 
     sweep_dir/<point name>/...     one run folder per grid point
     sweep_dir/results.jsonl        one record per run (overrides, scores, training seconds)
@@ -68,7 +70,15 @@ def point_config(base, overrides: dict[str, Any]):
                                       {k: _as_text(v) for k, v in overrides.items()})
 
 
-GROUPINGS = ("on", "seeds", "off")
+GROUPINGS = ("auto", "on", "seeds", "off")
+
+
+def auto_grouping() -> str:
+    """"on" on an accelerator; "off" on a CPU backend, where a vmapped step of S members
+    trains slower than S runs one after another (experiments/results/population-*.md)."""
+    import jax  # noqa: PLC0415 - imported when a sweep runs, not when this module loads
+
+    return "off" if jax.default_backend() == "cpu" else "on"
 
 
 def _groups(configs: dict[str, Any], names: list[str], grouping: str) -> list[list[str]]:
@@ -77,6 +87,8 @@ def _groups(configs: dict[str, Any], names: list[str], grouping: str) -> list[li
     if grouping not in GROUPINGS:
         raise config_lib.ConfigError(f"--population {grouping!r} is not one of "
                                      f"{', '.join(GROUPINGS)}")
+    if grouping == "auto":
+        grouping = auto_grouping()
     if grouping == "off":
         return [[name] for name in names]
     fields = population.MEMBER_FIELDS if grouping == "on" else ("seed",)
@@ -99,7 +111,7 @@ def _batches(group: list[str], sweep_dir: Path) -> list[tuple[list[str], bool]]:
 
 
 def run_sweep(sweep: str | os.PathLike, sweep_dir: str | os.PathLike, *,
-              progress: bool = False, population_mode: str = "on", vmap_seeds: bool = False,
+              progress: bool = False, population_mode: str = "auto", vmap_seeds: bool = False,
               overrides: dict[str, str] | None = None,
               print_fn: Callable[[str], None] = print) -> list[dict]:
     """Run every grid point that has not finished yet; write and return the result records.
@@ -107,7 +119,8 @@ def run_sweep(sweep: str | os.PathLike, sweep_dir: str | os.PathLike, *,
     `overrides` (dotted key -> text, as `--config.*`) apply to every point before the
     grid's own. Every point's config is checked before the first one trains. Points that
     can share one vmapped step train together as a population (`population_mode="on"`);
-    "seeds" (or `vmap_seeds`) groups only points that differ in seed; "off" runs each alone.
+    "seeds" (or `vmap_seeds`) groups only points that differ in seed; "off" runs each alone;
+    "auto" is "on" on an accelerator and "off" on a CPU backend (`auto_grouping`).
     """
     base, grid = load_sweep(sweep)
     config_lib.apply_overrides(base, overrides or {})

@@ -130,6 +130,10 @@ def test_memory_is_estimated_from_the_shapes_and_checked_against_what_is_there()
     config_lib.check_memory(small, 10_000, available=need["total"])
     with pytest.raises(ConfigError, match="lower model.hidden_size"):
         config_lib.check_memory(small, 10_000, available=need["total"] - 1)
+    config_lib.check_memory(small, 10_000, available=4 * need["total"], members=4)
+    with pytest.raises(ConfigError, match="4 population members on one device need about .*"
+                       "train fewer members together"):
+        config_lib.check_memory(small, 10_000, available=4 * need["total"] - 1, members=4)
 
 
 @pytest.mark.parametrize("text, phrase", [

@@ -142,3 +142,18 @@ def test_process_flags_given_in_part_are_one_sentence(capsys):
     err = capsys.readouterr().err
     assert err.startswith("jax-lm: error: --coordinator, --num-processes and --process-id go "
                           "together") and err.count("\n") == 1
+
+
+def test_a_cluster_is_joined_only_when_the_environment_says_so(monkeypatch):
+    from jax_lm import mesh as mesh_lib
+
+    for name in ("SLURM_NTASKS", "TPU_WORKER_HOSTNAMES", "JAX_COORDINATOR_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
+    assert mesh_lib.cluster_environment() is None
+    assert mesh_lib.join_processes() is False  # a lone process: nothing to join
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    assert mesh_lib.cluster_environment() is None
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    assert mesh_lib.cluster_environment() == "SLURM"
+    with pytest.raises(mesh_lib.MeshError, match="must be in"):
+        mesh_lib.join_processes("localhost:1", 2, 2)

@@ -132,7 +132,8 @@ KILLED_SWEEP = textwrap.dedent('''
             os.kill(os.getpid(), signal.SIGKILL)
         return real(*args, **kwargs)
     checkpoint.save_checkpoint = save_then_die
-    sys.exit(cli.main(["sweep", sys.argv[1], "--workdir", sys.argv[2], "--no-progress"]))
+    sys.exit(cli.main(["sweep", sys.argv[1], "--workdir", sys.argv[2], "--no-progress",
+                       "--population", "on"]))
 ''')
 
 
@@ -154,7 +155,8 @@ def test_a_sweep_trains_its_grid_as_one_population_like_one_by_one_and_resumes_a
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert "(4 together)" in killed.stdout
     said = []
-    together = sweep.run_sweep(path, tmp_path / "on", print_fn=said.append)
+    together = sweep.run_sweep(path, tmp_path / "on", population_mode="on",
+                               print_fn=said.append)
     assert "(4 together)" in " ".join(said)  # the 4 members resumed as one population
     assert set(_valid(together)) == set(_valid(alone))
     for name, value in _valid(alone).items():
@@ -199,3 +201,40 @@ def test_a_diverging_member_is_frozen_and_reported_while_the_others_go_on(corpus
                                                           "train.optimizer": "sgd"}),
                       tmp_path / "alone", progress=False, print_fn=lambda _: None)
     assert results[0]["valid_nll"] == pytest.approx(single["valid_nll"], rel=1e-10)
+
+
+def test_sweeps_form_populations_by_default_on_accelerators_only(monkeypatch):
+    assert sweep.auto_grouping() == "off"  # this CPU: populations train slower here
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert sweep.auto_grouping() == "on"
+
+
+def test_members_differing_in_every_member_field_equal_their_single_runs(corpus_file, tmp_path):
+    """Learning rate and clip norm (optimizer state), dropout (a step input), init scale
+    and seed (initialisation), the Zaremba decay (host) — each member as if alone."""
+    common = {"train.epochs": 3, "train.lr_rule": "zaremba", "model.init": "uniform"}
+    members = [
+        {"seed": 1, "train.learning_rate": 0.01, "train.clip_norm": 0.0, "model.dropout": 0.0,
+         "model.init_scale": 0.05, "train.lr_decay": 0.5, "train.lr_decay_start": 1},
+        {"seed": 2, "train.learning_rate": 0.03, "train.clip_norm": 0.5, "model.dropout": 0.3,
+         "model.init_scale": 0.2, "train.lr_decay": 0.8, "train.lr_decay_start": 2},
+    ]
+    configs = [_config(corpus_file, tmp_path, **common, **m) for m in members]
+    together = loop.fit_population(configs, [tmp_path / "p0", tmp_path / "p1"], progress=False,
+                                   print_fn=lambda _: None)
+    for i, member in enumerate(members):
+        alone = loop.fit(_config(corpus_file, tmp_path, **common, **member), tmp_path / f"a{i}",
+                         progress=False, print_fn=lambda _: None)
+        assert together[i]["valid_nll"] == pytest.approx(alone["valid_nll"], rel=1e-12)
+        logs = [[(r["step"], r["train_loss"], r["lr"]) for r in rundir.read_records(
+            tmp_path / name / rundir.METRICS) if "train_loss" in r] for name in (f"p{i}", f"a{i}")]
+        assert [s for s, _, _ in logs[0]] == [s for s, _, _ in logs[1]]
+        assert [lr for _, _, lr in logs[0]] == [lr for _, _, lr in logs[1]]
+        np.testing.assert_allclose([x for _, x, _ in logs[0]], [x for _, x, _ in logs[1]],
+                                   rtol=1e-12)
+        for a, b in zip(jax.tree.leaves(_final_params(tmp_path / f"p{i}")),
+                        jax.tree.leaves(_final_params(tmp_path / f"a{i}"))):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    lrs = [{r["lr"] for r in rundir.read_records(tmp_path / f"p{i}" / rundir.METRICS)
+            if "lr" in r} for i in range(2)]
+    assert lrs[0] == {0.01, 0.005, 0.0025} and lrs[1] == {0.03, 0.024}  # each its own decay

@@ -2,9 +2,11 @@
 
 Every cell gets two layers sized so that the whole model has about `PARAMS` parameters,
 and the same number of training steps (the same tokens); 3 seeds each.
-    jax-lm sweep sweep_cells --vmap-seeds     # each cell's 3 seeds train together
-(on the 2-core CPU training the seeds together is no faster than one by one:
-experiments/results/sweep_cells.md; it is meant for accelerators)
+    jax-lm sweep sweep_cells                  # on an accelerator each cell's 3 seeds
+                                              # train together (--population auto)
+(the cells differ in shapes, so only seeds can share a population; on the 2-core CPU
+populations train slower than one run after another, so `auto` runs them one by one:
+experiments/results/population-cpu.md)
 """
 
 import jax
