@@ -150,3 +150,16 @@ def test_ab_compares_the_working_tree_with_a_git_revision_at_toy_size():
     spec.loader.exec_module(module)
     (line,) = module.main(["HEAD", "--configs", "tiny", "--rounds", "1", "--min-seconds", "0"])
     assert line.startswith("tiny train: HEAD ") and " ratio " in line
+
+
+def test_population_bench_runs_at_toy_size(tmp_path):
+    """experiments/bench/population.py (populations vs runs one after another) end to end."""
+    spec = importlib.util.spec_from_file_location("bench_population",
+                                                  BENCH.parent / "population.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = module.main(["--config", "base", "--members", "1,2", "--rounds", "1", "--windows",
+                        "1", "--log-every", "2", "--out", str(tmp_path / "p.md"),
+                        "--config.model.hidden_size=8", "--config.data.batch_size=4",
+                        "--config.data.seq_len=8"])
+    assert "| 2 |" in text and "speedup" in text and (tmp_path / "p.md").read_text() == text
