@@ -405,6 +405,10 @@ def describe_error(err: BaseException) -> str | None:
     if isinstance(err, MemoryError):
         return ("out of memory; lower model.hidden_size, model.num_layers or data.batch_size")
     text = str(err)
+    if any(sign in text for sign in ("CoordinationService", "Gloo context", "heartbeat")):
+        return ("another process of this multi-process run stopped or cannot be reached (see "
+                "its own output); the run folder is as process 0 left it: fix the cause and "
+                "start every process again")
     if "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "out of memory" in text:
         return ("the device ran out of memory; lower model.hidden_size, model.num_layers or "
                 "data.batch_size")

@@ -157,3 +157,14 @@ def test_a_cluster_is_joined_only_when_the_environment_says_so(monkeypatch):
     assert mesh_lib.cluster_environment() == "SLURM"
     with pytest.raises(mesh_lib.MeshError, match="must be in"):
         mesh_lib.join_processes("localhost:1", 2, 2)
+
+
+def test_a_peer_that_stopped_is_one_sentence_not_a_bug_report():
+    from jax_lm import cli
+
+    err = RuntimeError("UNKNOWN: Gloo context initialization failed: DEADLINE_EXCEEDED: "
+                       "GetKeyValue() timed out [type.googleapis.com/tensorflow."
+                       "CoordinationServiceError='']")
+    message = cli.describe_error(err)
+    assert message.startswith("another process of this multi-process run stopped")
+    assert cli.describe_error(RuntimeError("something else")) is None
