@@ -129,7 +129,8 @@ def get_config() -> ml_collections.ConfigDict:
     s.resample_once = False         # 003: draw again once when the draw is not the argmax
 
     c.mesh = m = ml_collections.ConfigDict()  # devices: a (population × data) mesh (jax_lm.mesh)
-    m.population = 1                # devices that split a population's members (0: all left)
+    m.population = 1                # devices that split a population's members (0: as many
+                                    # of the remaining as divide the number of members)
     m.data = 1                      # devices that split each batch's rows (0: all left)
     return _lock(c)
 

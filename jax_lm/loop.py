@@ -221,15 +221,15 @@ class _Loop:
         self.budget = 60.0 * t.time_budget_minutes
 
         self.processes = jax.process_count()
-        self.layout = mesh_lib.Layout(mesh_lib.make_mesh(c.mesh.population, c.mesh.data),
-                                      self.size)
+        self.layout = mesh_lib.Layout(mesh_lib.make_mesh(c.mesh.population, c.mesh.data,
+                                                         members=self.size), self.size)
         config_lib.check_memory(c, self.vocab.size,
                                 members=self.size // self.layout.mesh.shape["population"])
         self.layout.check_rows("data.batch_size", c.data.batch_size)
         self.layout.check_rows("data.eval_batch_size", c.data.eval_batch_size or
                                c.data.batch_size)
         self.template = self._init_member(0)  # a member's state, for loading checkpoints
-        self.state_sharding = self.layout.state(self.stack([self.template] * self.size))
+        self.state_sharding = self.layout.state(self.template)  # (the tree's structure)
         self._compile_steps()
 
     def _compile_steps(self) -> None:

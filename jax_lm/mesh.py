@@ -38,8 +38,10 @@ class MeshError(ConfigError):
     """The devices cannot be laid out as the config asks; the message says why."""
 
 
-def mesh_shape(population: int, data: int, num_devices: int) -> tuple[int, int]:
-    """(population, data) with 0 read as "all remaining devices"; checked against the count."""
+def mesh_shape(population: int, data: int, num_devices: int,
+               members: int | None = None) -> tuple[int, int]:
+    """(population, data) with 0 read as "all remaining devices" (for the population axis:
+    as many of them as divide `members`, when given); checked against the count."""
     if population < 0 or data < 0:
         raise MeshError(f"mesh.population and mesh.data must be ≥ 0, got {population} and {data}")
     if population == 0 and data == 0:
@@ -47,6 +49,8 @@ def mesh_shape(population: int, data: int, num_devices: int) -> tuple[int, int]:
                         "'all remaining devices'")
     if population == 0:
         population = max(1, num_devices // data)
+        if members:
+            population = max(p for p in range(1, population + 1) if members % p == 0)
     if data == 0:
         data = max(1, num_devices // population)
     if population * data > num_devices:
@@ -57,11 +61,11 @@ def mesh_shape(population: int, data: int, num_devices: int) -> tuple[int, int]:
 
 
 def make_mesh(population: int = 1, data: int = 1,
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
+              devices: Sequence[jax.Device] | None = None, members: int | None = None) -> Mesh:
     """A (population × data) mesh over the first devices (process by process, so a
-    data-parallel group stays within a host where it can)."""
+    data-parallel group stays within a host where it can); `members`: see `mesh_shape`."""
     devices = list(jax.devices() if devices is None else devices)
-    population, data = mesh_shape(population, data, len(devices))
+    population, data = mesh_shape(population, data, len(devices), members)
     grid = np.array(devices[: population * data], dtype=object).reshape(population, data)
     return Mesh(grid, AXES)
 

@@ -158,6 +158,9 @@ def test_a_mesh_larger_than_the_devices_or_rows_that_do_not_split_are_refused():
     with pytest.raises(mesh_lib.MeshError, match="at most one axis"):
         mesh_lib.make_mesh(0, 0)
     assert mesh_lib.mesh_shape(0, 2, 8) == (4, 2) and mesh_lib.mesh_shape(1, 0, 8) == (1, 8)
+    assert mesh_lib.mesh_shape(0, 1, 8, members=6) == (6, 1)  # as many as divide the members
+    assert mesh_lib.mesh_shape(0, 2, 8, members=6) == (3, 2)
+    assert mesh_lib.mesh_shape(0, 1, 8, members=1) == (1, 1)
     config = config_lib.apply_overrides(config_lib.get_config(),
                                         {"data.batch_size": "6", "mesh.data": "4"})
     with pytest.raises(config_lib.ConfigError, match="data.batch_size=6 must be a multiple of "
