@@ -322,7 +322,7 @@ def _add_sweep(commands) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from jax_lm import sweep
+    from jax_lm import sweeps as sweep
 
     from jax_lm import config as config_lib
 

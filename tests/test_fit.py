@@ -92,7 +92,7 @@ def test_importing_jax_lm_does_not_reexecute_or_tune_the_process():
     import subprocess
     import sys
 
-    code = ("import os, jax_lm.cli, jax_lm.loop, jax_lm.sweep; "
+    code = ("import os, jax_lm.cli, jax_lm.loop, jax_lm.sweeps; "
             "print(os.environ.get('GLIBC_TUNABLES', ''), os.getpid())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env={"PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu"})

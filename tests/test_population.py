@@ -13,9 +13,11 @@ import jax
 import numpy as np
 import pytest
 
-from jax_lm import checkpoint, loop, rundir, runs, sweep
+from jax_lm import checkpoint, loop, rundir, runs
+from jax_lm import sweeps as sweep
 from jax_lm import config as config_lib
 
+from jax_lm.rundir import RunFolderWarning
 from tests.test_sweep import SWEEP_FILE
 from tests.test_train import corpus_file  # noqa: F401 - a fixture shared with test_train
 
@@ -155,8 +157,9 @@ def test_a_sweep_trains_its_grid_as_one_population_like_one_by_one_and_resumes_a
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert "(4 together)" in killed.stdout
     said = []
-    together = sweep.run_sweep(path, tmp_path / "on", population_mode="on",
-                               print_fn=said.append)
+    with pytest.warns(RunFolderWarning, match="took over the lock"):  # the killed holder's
+        together = sweep.run_sweep(path, tmp_path / "on", population_mode="on",
+                                   print_fn=said.append)
     assert "(4 together)" in " ".join(said)  # the 4 members resumed as one population
     assert set(_valid(together)) == set(_valid(alone))
     for name, value in _valid(alone).items():

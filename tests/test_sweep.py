@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from jax_lm import cli, sweep
+from jax_lm import cli
+from jax_lm import sweeps as sweep
 
 SWEEP_FILE = '''
 from jax_lm.config import get_config as base
