@@ -281,6 +281,16 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]
     return config
 
 
+def override_text(value: Any) -> str:
+    """A Python value as the text of a `--config.*` override (strings as they are)."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def apply_values(config: ml_collections.ConfigDict, values: Mapping[str, Any]):
+    """`apply_overrides` with Python values (`{"train.max_steps": 20}`); returns the config."""
+    return apply_overrides(config, {k: override_text(v) for k, v in values.items()})
+
+
 def to_json(config: ml_collections.ConfigDict) -> str:
     return json.dumps(config.to_dict(), indent=2, sort_keys=True)
 
@@ -455,6 +465,11 @@ class RunConfig:
     def to_configdict(self) -> ml_collections.ConfigDict:
         """The equal ConfigDict (locked like `get_config`), e.g. for `to_json`."""
         return from_json(json.dumps(self.to_dict()))
+
+    def replace(self, overrides: Mapping[str, Any] | None = None, /, **more) -> RunConfig:
+        """A checked copy with dotted-key changes (Python values), as `--config.*` would:
+        `config.replace({"model.hidden_size": 64})`, `config.replace(seed=3)`."""
+        return resolve(apply_values(self.to_configdict(), {**(overrides or {}), **more}))
 
 
 CHOICES = {

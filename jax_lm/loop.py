@@ -449,6 +449,8 @@ class _Loop:
             elapsed, timed_out, signum = self._agree(time.perf_counter() - start, timed_out,
                                                      self.signals.signum)
             hosts = self._sync(window, steps, elapsed, hosts)
+            if self.processes == 1:  # also a signal sent during the sync (by a callback)
+                signum = self.signals.signum
             if due or timed_out or signum is not None:
                 hosts = self._save(states, hosts)
             if signum is not None:
@@ -648,7 +650,7 @@ class _Loop:
         for i, (folder, result) in enumerate(zip(self.folders, results)):
             self.log(i, {"final": True, **result})
             run = runs.Run(self.configs[i], self.member_lm_configs[i], self.vocab,
-                           self.corpus.tokenizer, finals[i], {})
+                           self.corpus.tokenizer, finals[i], {}, folder.path)
             end = RunEnd(folder, run, folder.records(), result)
             for callback in self.callbacks:
                 callback.on_end(i, end)

@@ -7,8 +7,8 @@
     metrics and scores                   [S]          members over "population"
 
 The member axis S exists for populations of two or more members; a single run's arrays
-have none (a vmap over one member would cost a third of the step on a CPU). One device is
-a 1×1 mesh: the same jitted steps with the same shardings, not another code path.
+have none (a vmap over one member costs about half again as much per step on a CPU). One
+device is a 1×1 mesh: the same jitted steps with the same shardings, not another code path.
 
 Data parallel needs nothing else: with the batch split by rows, XLA computes the loss of
 the global batch and inserts the all-reduce of its gradient itself. Random bits do not

@@ -6,8 +6,25 @@ inline by a notebook, and importing jax_lm leaves matplotlib's global state alon
 
 from __future__ import annotations
 
+import functools
+import io
 import math
 from typing import Any
+
+
+@functools.cache
+def _figure_class():
+    from matplotlib.figure import Figure
+
+    class NotebookFigure(Figure):
+        """A Figure that Jupyter shows inline (as a PNG) without pyplot or a backend."""
+
+        def _repr_png_(self) -> bytes:
+            png = io.BytesIO()
+            self.savefig(png, format="png", dpi=100)
+            return png.getvalue()
+
+    return NotebookFigure
 
 
 def _number(value) -> float:
@@ -16,11 +33,9 @@ def _number(value) -> float:
 
 def curves_figure(records: list[dict[str, Any]]):
     """Training loss per logged step and validation perplexity per epoch, side by side."""
-    from matplotlib.figure import Figure
-
     steps = [r for r in records if "train_loss" in r]
     epochs = [r for r in records if "valid_ppl" in r and "epoch" in r and not r.get("final")]
-    fig = Figure(figsize=(10, 3.5))
+    fig = _figure_class()(figsize=(10, 3.5))
     ax1, ax2 = fig.subplots(1, 2)
     ax1.plot([r["step"] for r in steps], [_number(r["train_loss"]) for r in steps])
     ax1.set(xlabel="step", ylabel="train loss (nats/token)", title="training loss")
@@ -32,9 +47,7 @@ def curves_figure(records: list[dict[str, Any]]):
 
 def summary_figure(rows: list[dict[str, Any]]):
     """A sweep's settings as bars: mean ± std over seeds of the summarized metric."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(1.6 * len(rows) + 2, 3.5))
+    fig = _figure_class()(figsize=(1.6 * len(rows) + 2, 3.5))
     ax = fig.subplots()
     std = [0.0 if math.isnan(r["std"]) else r["std"] for r in rows]
     ax.bar(range(len(rows)), [r["mean"] for r in rows], yerr=std, capsize=4)

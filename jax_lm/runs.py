@@ -1,29 +1,84 @@
-"""A finished or interrupted run, loaded from its folder: score it, sample from it.
+"""A finished or interrupted run, loaded from its folder: its history; score it, sample from it.
 
     run = load_run("runs/base-20261204-045243")          # best params (else the latest)
-    texts = sample_texts(run, seed=0)                    # as the config's `sample` says
+    run.history.epochs["valid_ppl"]                      # NumPy columns (`to_pandas()`)
+    run.evaluate("test")                                 # {"nll", "ppl", "bits", "tokens"}
+    run.sample(prime="The ", num_tokens=80, seed=0)      # text
+    run.plot()                                           # a matplotlib Figure (inline)
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import math
 import os
 import warnings
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_lm import checkpoint, data, pipeline, train
+from jax_lm import checkpoint, data, pipeline, plots, train
 from jax_lm import config as config_lib
 from jax_lm import sample as sample_lib
 from jax_lm.model import LMConfig, Params
 from jax_lm.rundir import VOCAB, RunDir, RunFolderError, RunFolderWarning
 
 
-class Run(NamedTuple):
-    """A run's typed config, model config, vocabulary, tokenizer and one set of params."""
+class History(NamedTuple):
+    """A run's metrics.jsonl as columns (NumPy arrays; NaN where a record lacks a field).
+
+    steps:  one row per training log — step, epoch, train_loss, tokens_per_s, lr
+    epochs: one row per evaluation — epoch (0: before training), step, train_ppl,
+            valid_nll, valid_ppl, valid_bits, next_lr, partial_epoch (a time budget's cut)
+    final:  the final record (valid_* and test_* with the best params), {} while unfinished
+    """
+
+    steps: dict[str, np.ndarray]
+    epochs: dict[str, np.ndarray]
+    final: dict[str, Any]
+
+    @classmethod
+    def from_records(cls, records: list[dict[str, Any]]) -> History:
+        steps = [r for r in records if "train_loss" in r]
+        epochs = [r for r in records if not r.get("final") and "train_loss" not in r
+                  and ("valid_nll" in r or "train_nll" in r)]
+        finals = [r for r in records if r.get("final")]
+        return cls(_columns(steps), _columns(epochs), finals[-1] if finals else {})
+
+    def to_pandas(self, which: str = "epochs"):
+        """`steps` or `epochs` as a pandas DataFrame (needs pandas, which jax_lm does not)."""
+        import pandas as pd  # noqa: PLC0415 - optional
+
+        return pd.DataFrame({"steps": self.steps, "epochs": self.epochs}[which])
+
+
+def _columns(records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    keys = list(dict.fromkeys(k for r in records for k in r))
+    out = {}
+    for key in keys:
+        values = [r.get(key, math.nan) for r in records]
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            out[key] = np.asarray(values, np.int64)
+        elif all(isinstance(v, (int, float)) or v in ("inf", "-inf", "nan") for v in values):
+            out[key] = np.asarray([float(v) for v in values])  # JSON's "inf"/"nan" strings too
+        else:
+            out[key] = np.asarray(values, object)
+    return out
+
+
+@dataclasses.dataclass(eq=False)
+class Run:
+    """A run: its typed config, model config, vocabulary, tokenizer and parameters.
+
+    `params` are the best parameters (lowest validation NLL at an epoch end; the latest
+    where no epoch has ended); `last_params` the newest checkpoint's. `path` is the run
+    folder (None for a run held only in memory). `history`, `evaluate`, `sample` and
+    `plot` read the folder and the corpus when called.
+    """
 
     config: config_lib.RunConfig
     lm_config: LMConfig
@@ -31,6 +86,60 @@ class Run(NamedTuple):
     tokenizer: data.Tokenizer
     params: Params
     metadata: dict
+    path: Path | None = None
+
+    def __repr__(self) -> str:
+        final = self.history.final if self.path else {}
+        done = (f", finished at step {final['step']}, valid ppl {final['valid_ppl']:.2f}"
+                if "valid_ppl" in final else "")
+        return (f"Run({str(self.path)!r}, {self.config.model.cell} "
+                f"{self.lm_config.num_layers}×{self.lm_config.hidden_size}, vocab "
+                f"{self.vocab.size}{done})")
+
+    def _folder(self) -> RunDir:
+        if self.path is None:
+            raise RunFolderError("this run has no folder (load it with jax_lm.load_run)")
+        return RunDir(self.path)
+
+    @functools.cached_property
+    def last_params(self) -> Params:
+        return load_run(self._folder().path, "latest").params
+
+    @property
+    def history(self) -> History:
+        """The metrics log as it is now (a run still training grows it)."""
+        return History.from_records(self._folder().records())
+
+    @functools.cached_property
+    def corpus(self) -> data.Corpus:
+        """The run's corpus, encoded with its vocabulary (read once, on first use)."""
+        return pipeline.load_run_corpus(self.config, self.vocab)
+
+    def evaluate(self, split: str = "valid", params: Params | None = None) -> dict[str, float]:
+        """Mean NLL (nats), perplexity, bits per token and the number of targets on `split`
+        ("train", "valid" or "test") with `params` (default: the best)."""
+        if split not in self.corpus.splits:
+            raise data.DataError(f"this corpus has no {split!r} split; it has "
+                                 f"{', '.join(self.corpus.splits)}")
+        return train.evaluate(self.params if params is None else params, self.lm_config,
+                              pipeline.eval_batches(self.config, self.corpus, split))
+
+    def sample(self, prime: str = "", num_tokens: int | None = None, *,
+               temperature: float | None = None, top_k: int | None = None,
+               top_p: float | None = None, greedy: bool | None = None, seed: int = 0,
+               num_samples: int = 1) -> str | list[str]:
+        """Text continuing `prime` (default: a line start); unset options are the config's
+        `sample` ones. One text, or a list of `num_samples`."""
+        changes = {"sample.prime": prime, "sample.num_samples": num_samples,
+                   "sample.num_tokens": num_tokens, "sample.temperature": temperature,
+                   "sample.top_k": top_k, "sample.top_p": top_p, "sample.greedy": greedy}
+        config = self.config.replace({k: v for k, v in changes.items() if v is not None})
+        texts = sample_texts(dataclasses.replace(self, config=config), seed=seed)
+        return texts[0] if num_samples == 1 else texts
+
+    def plot(self):
+        """Training loss and validation perplexity (a matplotlib Figure, shown inline)."""
+        return plots.curves_figure(self._folder().records())
 
 
 def read_config(run_dir: str | os.PathLike):
@@ -76,7 +185,8 @@ def load_run(run_dir: str | os.PathLike, which: str = "best") -> Run:
         state, metadata = checkpoint.load_checkpoint(path, template)
     if metadata.get("vocab") not in (None, vocab.fingerprint()):
         raise RunFolderError(f"{folder.path / VOCAB} does not match checkpoint {path}")
-    return Run(config, lm_config, vocab, pipeline.tokenizer_for(config), state.params, metadata)
+    return Run(config, lm_config, vocab, pipeline.tokenizer_for(config), state.params, metadata,
+               folder.path)
 
 
 def prime_ids(text: str, vocab: data.Vocab, tokenizer: data.Tokenizer) -> np.ndarray:

@@ -55,10 +55,6 @@ def point_name(overrides: dict[str, Any]) -> str:
     return ",".join(f"{k.split('.')[-1]}={v}" for k, v in overrides.items())
 
 
-def _as_text(value) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
-
-
 def _final_record(run_dir: Path) -> dict | None:
     finals = [r for r in rundir.read_records(run_dir / rundir.METRICS) if r.get("final")]
     return finals[-1] if finals else None
@@ -66,8 +62,7 @@ def _final_record(run_dir: Path) -> dict | None:
 
 def point_config(base, overrides: dict[str, Any]):
     """The ConfigDict of a grid point: the sweep's base with the point's overrides."""
-    return config_lib.apply_overrides(config_lib.from_json(config_lib.to_json(base)),
-                                      {k: _as_text(v) for k, v in overrides.items()})
+    return config_lib.apply_values(config_lib.from_json(config_lib.to_json(base)), overrides)
 
 
 GROUPINGS = ("auto", "on", "seeds", "off")
