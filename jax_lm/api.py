@@ -98,14 +98,21 @@ class Sweep:
                                                    if k != "overrides"}} for r in self.records])
 
 
-def sweep(name_or_path: str | os.PathLike, workdir: str | os.PathLike | None = None, *,
+def sweep(sweep_or_config: str | os.PathLike | RunConfig,
+          workdir: str | os.PathLike | None = None, *, grid: list[dict] | None = None,
           population: str = "auto", progress: bool = False,
           overrides: Mapping[str, Any] | None = None, **more: Any) -> Sweep:
-    """Run a sweep file's grid as `jax-lm sweep` does (finished points are skipped); the
-    results. `overrides` (dotted keys, Python values) apply to every point before the
-    grid's own; `population`: "auto", "on", "seeds" or "off" (see `jax_lm.sweeps`)."""
-    workdir = Path(workdir or f"runs/{Path(name_or_path).stem}")
+    """Run a grid of configs as `jax-lm sweep` does (finished points are skipped); the results.
+
+    Either a sweep file (or a shipped sweep's name) with its `get_sweep()` grid, or any
+    config (name, path or `RunConfig`) with `grid`, a list of override dicts
+    (`[{"model.cell": "gru", "seed": 1}, ...]`). `overrides` (dotted keys, Python values)
+    apply to every point before the grid's own; `population`: "auto", "on", "seeds" or
+    "off" (see `jax_lm.sweeps`); default folder `runs/<sweep name>`.
+    """
+    name = "sweep" if isinstance(sweep_or_config, RunConfig) else Path(sweep_or_config).stem
+    workdir = Path(workdir or f"runs/{name}")
     values = {k: config_lib.override_text(v) for k, v in {**(overrides or {}), **more}.items()}
-    records = sweeps.run_sweep(name_or_path, workdir, progress=progress,
+    records = sweeps.run_sweep(sweep_or_config, workdir, grid=grid, progress=progress,
                                population_mode=population, overrides=values)
     return Sweep(workdir, records)

@@ -86,9 +86,11 @@ class ProgressBar(Callback):
         self.step = 0
 
     def on_start(self, info: FitInfo) -> None:
+        self.step = info.start_step
+        if not self.enabled:
+            return
         from tqdm.auto import tqdm
 
-        self.step = info.start_step
         self.bar = tqdm(total=info.total_steps, initial=info.start_step, disable=not self.enabled,
                         unit="step", dynamic_ncols=True, leave=True)
 

@@ -27,6 +27,11 @@ def _figure_class():
     return NotebookFigure
 
 
+def new_figure(**kwargs):
+    """An empty matplotlib Figure (`Figure(**kwargs)`) that notebooks show inline."""
+    return _figure_class()(**kwargs)
+
+
 def _number(value) -> float:
     return float(value) if isinstance(value, (int, float, str)) else math.nan
 

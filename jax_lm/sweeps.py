@@ -105,7 +105,7 @@ def _batches(group: list[str], sweep_dir: Path) -> list[tuple[list[str], bool]]:
     return ([(fresh, False)] if fresh else []) + [(names, True) for names in by_step.values()]
 
 
-def run_sweep(sweep: str | os.PathLike, sweep_dir: str | os.PathLike, *,
+def run_sweep(sweep, sweep_dir: str | os.PathLike, *, grid: list[dict] | None = None,
               progress: bool = False, population_mode: str = "auto", vmap_seeds: bool = False,
               overrides: dict[str, str] | None = None,
               print_fn: Callable[[str], None] = print) -> list[dict]:
@@ -116,8 +116,19 @@ def run_sweep(sweep: str | os.PathLike, sweep_dir: str | os.PathLike, *,
     can share one vmapped step train together as a population (`population_mode="on"`);
     "seeds" (or `vmap_seeds`) groups only points that differ in seed; "off" runs each alone;
     "auto" is "on" on an accelerator and "off" on a CPU backend (`auto_grouping`).
+    `sweep` is a sweep file (or a shipped sweep's name); with `grid` (override dicts) it may
+    be any config: a name, a path, a ConfigDict or a `RunConfig`.
     """
-    base, grid = load_sweep(sweep)
+    if grid is None:
+        base, grid = load_sweep(sweep)
+    elif isinstance(sweep, config_lib.RunConfig):
+        base = sweep.to_configdict()
+    elif isinstance(sweep, (str, os.PathLike)):
+        base = config_lib.load_config(sweep)
+    else:
+        base = config_lib.from_json(config_lib.to_json(sweep))
+    if not grid or not all(isinstance(p, dict) for p in grid):
+        raise config_lib.ConfigError("a sweep's grid must be a non-empty list of override dicts")
     config_lib.apply_overrides(base, overrides or {})
     # Every point is checked before the first one trains.
     configs = {point_name(p): config_lib.resolve(point_config(base, p)) for p in grid}
@@ -177,6 +188,7 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         seconds = "" if r["seconds"] is None else f"{r['seconds']:.0f}"
         params = "" if r["num_params"] is None else f"{r['num_params']:,}"
-        lines.append(f"| {r['setting']} | {r['runs']} | {params} | {r['mean']:.4f} ± "
-                     f"{r['std']:.4f} | {r['bits']:.3f} | {seconds} |")
+        spread = "" if math.isnan(r["std"]) else f" ± {r['std']:.4f}"  # one run: no std
+        lines.append(f"| {r['setting']} | {r['runs']} | {params} | {r['mean']:.4f}{spread} | "
+                     f"{r['bits']:.3f} | {seconds} |")
     return "\n".join(lines) + "\n"

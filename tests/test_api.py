@@ -154,3 +154,16 @@ def test_the_package_exports_the_api_lazily():
     assert jax_lm.fit.__module__ == "jax_lm.api" and jax_lm.loop is loop
     with pytest.raises(AttributeError):
         jax_lm.no_such_name  # noqa: B018
+
+
+def test_sweep_takes_a_grid_over_any_config_and_forms_populations(tmp_path):
+    config = _tiny(tmp_path, **{"train.max_steps": 4, "train.epochs": 1})
+    grid = [{"train.learning_rate": lr, "seed": seed} for lr in (0.01, 0.02) for seed in (0, 1)]
+    result = jax_lm.sweep(config, tmp_path / "grid", grid=grid, population="on")
+    assert [r["name"] for r in result.records] == [
+        "learning_rate=0.01,seed=0", "learning_rate=0.01,seed=1",
+        "learning_rate=0.02,seed=0", "learning_rate=0.02,seed=1"]
+    assert result.runs["learning_rate=0.02,seed=1"].config.train.learning_rate == 0.02
+    assert len({r["valid_nll"] for r in result.records}) == 4
+    with pytest.raises(jax_lm.ConfigError, match="non-empty list of override dicts"):
+        jax_lm.sweep(config, tmp_path / "none", grid=[])
