@@ -289,7 +289,7 @@ def _sample(args: argparse.Namespace) -> int:
     if args.sentences < 0 or args.min_length < 0 or args.max_length < 1:
         raise ConfigError("--sentences and --min-length must be ≥ 0, --max-length ≥ 1")
     run = runs.load_run(args.run_dir, args.checkpoint)
-    run = run._replace(config=dataclasses.replace(run.config, sample=sample_options))
+    run = dataclasses.replace(run, config=dataclasses.replace(run.config, sample=sample_options))
     if args.sentences:
         for text in runs.sample_sentence_texts(run, args.sentences, min_length=args.min_length,
                                                max_length=args.max_length, seed=args.seed):

@@ -19,7 +19,7 @@
 # run folder and checkpoints as `jax-lm train`. Stop a training cell with the stop button:
 # the checkpoint is kept and running the cell again resumes it exactly.
 #
-# With `FULL = False` (the default) it trains for 300 steps (under a minute on two CPU
+# With `FULL = False` (the default) it trains for 200 steps (under a minute on two CPU
 # cores); `FULL = True` trains the base config's six epochs (about 10 minutes there).
 
 # %%
@@ -32,7 +32,7 @@ import numpy as np
 import jax_lm
 
 backend = matplotlib.get_backend()
-settings = {} if FULL else {"train.max_steps": 300, "train.log_every": 25}
+settings = {} if FULL else {"train.max_steps": 200, "train.log_every": 25}
 cfg = jax_lm.get_config("base", **settings)
 print(cfg.model.cell, cfg.model.num_layers, "×", cfg.model.hidden_size, "| batch",
       cfg.data.batch_size, "×", cfg.data.seq_len, "|", cfg.train.optimizer, cfg.train.learning_rate)
