@@ -347,9 +347,7 @@ class _Loop:
                     note = folder.cut_log(hosts[i].log_offset)
                     if note:
                         self.print(f"jax-lm: warning: {note}")
-                if isinstance(folder, FollowerRunDir):
-                    continue
-                checkpoint.remove_orphans(folder.path)
+                folder.remove_orphans()
                 text = config_lib.to_json(self.configs[i].to_configdict())
                 if text != folder.read_config_text():
                     folder.write_config(text)
@@ -360,8 +358,7 @@ class _Loop:
                        f"{self.step} (epoch {hosts[0].epoch + 1})")
         else:
             for i, folder in enumerate(self.folders):
-                if not isinstance(folder, FollowerRunDir):
-                    self.vocab.save(folder.path / VOCAB)
+                folder.write_vocab(self.vocab)
                 folder.write_config(config_lib.to_json(self.configs[i].to_configdict()))
             states = self.layout.put(states, self.state_sharding)
             hosts = self._save(states, hosts)

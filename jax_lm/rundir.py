@@ -187,6 +187,13 @@ class RunDir:
     def write_config(self, text: str) -> None:
         write_atomic(self.path / CONFIG, text)
 
+    def write_vocab(self, vocab) -> None:
+        vocab.save(self.path / VOCAB)
+
+    def remove_orphans(self) -> None:
+        """Delete temporary files that a killed write left behind."""
+        checkpoint.remove_orphans(self.path)
+
     def write_text(self, name: str, text: str) -> None:
         write_atomic(self.path / name, text)
 
@@ -286,6 +293,12 @@ class FollowerRunDir(RunDir):
         pass
 
     def write_config(self, text: str) -> None:
+        pass
+
+    def write_vocab(self, vocab) -> None:
+        pass
+
+    def remove_orphans(self) -> None:
         pass
 
     def write_text(self, name: str, text: str) -> None:
