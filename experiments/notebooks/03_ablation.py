@@ -26,7 +26,8 @@
 #
 # With `FULL = False` (the default) it trains small models (≈ 60K parameters) on a slice of
 # the text for a few epochs — about a minute on two CPU cores; it shows the machinery and a
-# first ranking. `FULL = True` is the recorded budget (≈ 75 CPU minutes).
+# first ranking. `FULL = True` is the recorded budget: 10 runs of 1,500 steps (the recorded
+# LSTM runs took 83–91 s each on two CPU cores, so expect roughly 15–25 minutes).
 
 # %%
 FULL = False
