@@ -47,8 +47,9 @@ def window_token_nll(params: Params, tokens: Array, targets: Array, carry: tuple
     Returns:
       nll [B, T].
     """
-    if config.dropout:
-        raise ValueError("the per-output window regime does not support dropout; set dropout=0")
+    if config.stochastic or config.ar or config.tar:
+        raise ValueError("the per-output window regime does not support dropout or AR/TAR; "
+                         "turn them off")
     if k < 0:
         raise ValueError(f"truncation k must be ≥ 0, got {k}")
     batch, steps = tokens.shape

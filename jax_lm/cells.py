@@ -347,7 +347,8 @@ def _hold(mask_t: Array, new, old):
 
 
 def unroll_projected(cell: Cell, params: Params, carry, xw: Array, mask: Array | None = None,
-                     *, unroll: int = 1, return_carries: bool = False):
+                     *, unroll: int = 1, return_carries: bool = False,
+                     state_mask: Array | None = None):
     """Scan `cell.recur` over already projected inputs.
 
     Args:
@@ -355,6 +356,8 @@ def unroll_projected(cell: Cell, params: Params, carry, xw: Array, mask: Array |
       mask: optional [T, B]; where 0 the carry is held and the held h is emitted.
       unroll: `jax.lax.scan` unroll factor.
       return_carries: emit the carry after every step instead of h_t.
+      state_mask: optional [B, H] multiplying h_{t-1} in the recurrent matmul at every
+        step, hw_t = (h_{t-1} ⊙ state_mask) W_h (recurrent dropout); the carry is unchanged.
 
     Returns:
       (final carry, hs [T, B, H]) or (final carry, carries with leading axis T).
@@ -362,7 +365,11 @@ def unroll_projected(cell: Cell, params: Params, carry, xw: Array, mask: Array |
 
     def body(carry, inputs):
         xw_t, m_t = inputs
-        new_carry, h_t = cell.recur(params, carry, xw_t)
+        if state_mask is None:
+            new_carry, h_t = cell.recur(params, carry, xw_t)
+        else:
+            hw_t = (cell.output(carry) * state_mask) @ params["w_h"]
+            new_carry, h_t = cell.update(params, carry, xw_t, hw_t)
         if m_t is not None:
             new_carry = _hold(m_t, new_carry, carry)
             h_t = cell.output(new_carry)

@@ -72,7 +72,17 @@ def get_config() -> ml_collections.ConfigDict:
     m.hidden_size = 256             # H
     m.embed_size = 0                # embedding width (0: same as hidden_size)
     m.one_hot = False               # no embedding: the first layer reads one-hot tokens (000, 001)
+    m.layer_sizes = ""              # per-layer widths, e.g. "1150,1150,400" ("": hidden_size each)
     m.dropout = 0.0                 # dropout on every layer's input and on the output layer's input
+    m.dropout_input = -1.0          # rate on the first layer's input (-1: model.dropout; AWD dropouti)
+    m.dropout_hidden = -1.0         # rate between layers (-1: model.dropout; AWD dropouth)
+    m.dropout_output = -1.0         # rate on the output layer's input (-1: model.dropout; AWD dropout)
+    m.locked_dropout = False        # variational dropout: one mask per sequence for all its steps
+    m.state_dropout = 0.0           # rate on h_{t-1} in the recurrent matmul, one mask per sequence
+    m.embed_dropout = 0.0           # drop whole word types from the embedding per batch (AWD dropoute)
+    m.weight_drop = 0.0             # DropConnect on the recurrent matrices, one mask per step (AWD wdrop)
+    m.ar = 0.0                      # activation regularization α·mean(h²), last layer after dropout
+    m.tar = 0.0                     # temporal AR β·mean((h_t − h_{t−1})²), last layer before dropout
     m.tie_weights = False           # output projection = embedding transposed
     m.output_bias = True            # bias on the output projection
     m.init = "uniform"              # "uniform" (±init_scale), "fan_in" (±1/√n) or "default" (flax's)
@@ -97,6 +107,9 @@ def get_config() -> ml_collections.ConfigDict:
     t.learning_rate = 2e-3          # initial learning rate
     t.optimizer_options = ml_collections.ConfigDict()  # extra optax arguments, e.g. .eps=1e-8
     t.clip_norm = 5.0               # global gradient-norm clip (0: off)
+    t.ntasgd_patience = 0           # > 0: NT-ASGD, average the iterates from the first validation
+                                    # worse than every one more than this many before it (AWD: 5);
+                                    # evaluation and best checkpoint use the average (0: off)
     t.epochs = 6                    # passes over the training data
     t.max_steps = 0                 # stop after this many steps in total (0: no limit)
     t.time_budget_minutes = 0.0     # stop once this much training time is spent, in total over
@@ -382,8 +395,18 @@ class ModelConfig:
     num_layers: int
     hidden_size: int
     embed_size: int
+    layer_sizes: str
     one_hot: bool
     dropout: float
+    dropout_input: float
+    dropout_hidden: float
+    dropout_output: float
+    locked_dropout: bool
+    state_dropout: float
+    embed_dropout: float
+    weight_drop: float
+    ar: float
+    tar: float
     tie_weights: bool
     output_bias: bool
     init: str
@@ -407,6 +430,7 @@ class TrainConfig:
     learning_rate: float
     optimizer_options: Mapping[str, Any]  # read-only
     clip_norm: float
+    ntasgd_patience: int
     epochs: int
     max_steps: int
     time_budget_minutes: float
@@ -509,6 +533,7 @@ RANGES = {
     "model.remat_segment": (0, None, "≥ 0 (0: off)"),
     "model.logits_chunk": (0, None, "≥ 0 (0: off)"),
     "train.clip_norm": (0, None, "≥ 0 (0: off)"),
+    "train.ntasgd_patience": (0, None, "≥ 0 (0: off)"),
     "train.epochs": (1, None, "≥ 1"),
     "train.max_steps": (0, None, "≥ 0 (0: no limit)"),
     "train.time_budget_minutes": (0, None, "≥ 0 (0: none)"),
@@ -528,6 +553,11 @@ RANGES = {
 OPEN_RANGES = {
     "data.train_fraction": (lambda v: 0 < v < 1, "in (0, 1)"),
     "model.dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    **{f"model.dropout_{where}": (lambda v: v == -1 or 0 <= v < 1, "in [0, 1) or -1 "
+                                  "(model.dropout)") for where in ("input", "hidden", "output")},
+    **{f"model.{name}": (lambda v: 0 <= v < 1, "in [0, 1)")
+       for name in ("state_dropout", "embed_dropout", "weight_drop")},
+    **{f"model.{name}": (lambda v: 0 <= v < math.inf, "≥ 0 and finite") for name in ("ar", "tar")},
     "model.init_scale": (lambda v: 0 < v < math.inf, "> 0 and finite"),
     "model.forget_bias": (math.isfinite, "finite"),
     "train.learning_rate": (lambda v: 0 < v < math.inf, "> 0 and finite"),
@@ -643,13 +673,25 @@ def _check(config: RunConfig, problems: list[str]) -> None:
     if m.tie_weights and m.one_hot:
         problems.append("model.tie_weights=True needs an embedding to tie, but model.one_hot="
                         "True has none; set one of them to false")
-    elif m.tie_weights and m.embed_size not in (0, m.hidden_size):
-        problems.append(f"model.tie_weights=True needs the embedding as wide as "
-                        f"model.hidden_size={m.hidden_size}, got model.embed_size="
-                        f"{m.embed_size}; set model.embed_size=0 (or {m.hidden_size})")
-    if t.regime == "window" and m.dropout:
-        problems.append(f"train.regime='window' does not support model.dropout={m.dropout}; "
-                        "set model.dropout=0 or train.regime to 'full' or 'truncated'")
+    sizes = None
+    try:
+        sizes = layer_sizes(m)
+    except ConfigError as e:
+        problems.append(str(e))
+    if sizes and m.tie_weights and not m.one_hot and (m.embed_size or sizes[0]) != sizes[-1]:
+        last = (f"model.hidden_size={m.hidden_size}" if not m.layer_sizes else
+                f"the last of model.layer_sizes={m.layer_sizes!r}")
+        got = (f"model.embed_size={m.embed_size}" if m.embed_size else
+               f"{sizes[0]} (the first layer's width, as model.embed_size=0)")
+        problems.append(f"model.tie_weights=True needs the embedding as wide as the last "
+                        f"layer ({last}), got {got}; set model.embed_size={sizes[-1]}")
+    if t.regime == "window":
+        stochastic = [f"model.{k}={getattr(m, k)!r}" for k in (
+            "dropout", "dropout_input", "dropout_hidden", "dropout_output", "state_dropout",
+            "embed_dropout", "weight_drop", "ar", "tar") if getattr(m, k) > 0]
+        if stochastic:
+            problems.append(f"train.regime='window' does not support {', '.join(stochastic)}; "
+                            "set them to 0 or train.regime to 'full' or 'truncated'")
     wide = [f"model.{k}={getattr(m, k)!r}" for k in ("param_dtype", "compute_dtype")
             if getattr(m, k) == "float64"]
     if wide and not _x64_enabled():
@@ -778,14 +820,39 @@ def build_cell(model) -> cells.Cell:
         raise ConfigError(f"model: {e}") from None
 
 
+def layer_sizes(model) -> tuple[int, ...]:
+    """Every layer's width: `model.layer_sizes` ("1150,1150,400") or hidden_size each."""
+    if not model.layer_sizes:
+        return (model.hidden_size,) * model.num_layers
+    try:
+        sizes = tuple(int(w) for w in model.layer_sizes.split(","))
+    except ValueError:
+        sizes = ()
+    if len(sizes) != model.num_layers or min(sizes) < 1:
+        raise ConfigError(f"model.layer_sizes={model.layer_sizes!r} must be "
+                          f"{model.num_layers} positive integers separated by commas, one per "
+                          f"layer (model.num_layers={model.num_layers}), or '' for "
+                          f"model.hidden_size each")
+    return sizes
+
+
 def build_lm_config(config, vocab_size: int) -> LMConfig:
     """The model's `LMConfig` (a ConfigDict or a `RunConfig`)."""
     m = config.model
+
+    def rate(value):  # -1: model.dropout
+        return None if value == -1 else value
+
     try:
         return LMConfig(
             vocab_size=vocab_size, cell=build_cell(m), num_layers=m.num_layers,
-            hidden_size=m.hidden_size, embed_size=m.embed_size or None, one_hot=m.one_hot,
-            dropout=m.dropout, tie_weights=m.tie_weights, output_bias=m.output_bias,
+            hidden_size=m.hidden_size, embed_size=m.embed_size or None,
+            layer_sizes=layer_sizes(m) if m.layer_sizes else None, one_hot=m.one_hot,
+            dropout=m.dropout, dropout_input=rate(m.dropout_input),
+            dropout_hidden=rate(m.dropout_hidden), dropout_output=rate(m.dropout_output),
+            locked_dropout=m.locked_dropout, state_dropout=m.state_dropout,
+            embed_dropout=m.embed_dropout, weight_drop=m.weight_drop, ar=m.ar, tar=m.tar,
+            tie_weights=m.tie_weights, output_bias=m.output_bias,
             init=m.init, init_scale=m.init_scale, param_dtype=m.param_dtype, unroll=m.unroll,
             compute_dtype=m.compute_dtype or None, fast_backward=m.fast_backward,
             remat_segment=m.remat_segment, logits_chunk=m.logits_chunk)

@@ -61,6 +61,8 @@ class HostState:
     started: bool = True             # eval at start done (or not asked for)
     closed_step: int = -1            # step at which the close (test, plot, samples) was done
     diverged_at: int | None = None   # step whose loss turned non-finite (member frozen since)
+    valid_history: tuple = ()        # NT-ASGD: every end-of-epoch validation NLL
+    averaging_from: int | None = None  # NT-ASGD: the step after which iterates are averaged
     log_offset: int | None = None    # bytes of metrics.jsonl this state accounts for
 
     @classmethod
@@ -248,12 +250,12 @@ class _Loop:
         self.eval_step = jax.jit(eval_fn, in_shardings=(member, layout.batch, rows),
                                  out_shardings=(member, member, rows))
 
-        def with_lr(state, lr):
-            return state._replace(opt_state=optim.set_learning_rate(state.opt_state, lr))
+        def with_hyperparams(state, values):
+            return state._replace(opt_state=optim.set_hyperparams(state.opt_state, **values))
 
-        self.with_lr = jax.jit(with_lr, donate_argnums=0, in_shardings=(self.state_sharding,
-                                                                        member),
-                               out_shardings=self.state_sharding)
+        self.with_hyperparams = jax.jit(with_hyperparams, donate_argnums=0,
+                                        in_shardings=(self.state_sharding, member),
+                                        out_shardings=self.state_sharding)
 
     # ------------------------------------------------------------------ member views
 
@@ -268,6 +270,11 @@ class _Loop:
         """A value per member ([S], or a scalar for a single run) on the devices."""
         values = np.asarray(values if self.size > 1 else values[0], dtype)
         return self.layout.put(values, self.layout.member)
+
+    def eval_params(self, states):
+        """The parameters that are evaluated and kept as the best: NT-ASGD's average (the
+        iterate until averaging starts), else the iterate."""
+        return optim.evaluation_params(states.opt_state, states.params)
 
     def log(self, i: int, record: dict[str, Any]) -> None:
         self.folders[i].log(record)
@@ -383,7 +390,7 @@ class _Loop:
         mesh = self.layout.mesh.shape
         return (f"jax_lm: {self.corpus.source} ({c.data.level}, vocab {self.vocab.size}, "
                 f"{len(self.corpus.splits['train']):,} train tokens), {who}{c.model.cell} "
-                f"{lm.num_layers}×{lm.hidden_size}, "
+                f"{lm.layers_text}, "
                 f"{model.num_params(self.template.params):,} params, "
                 f"{self.per_epoch} steps/epoch, mesh {mesh['population']}×{mesh['data']} "
                 f"(population × data) of {mesh_lib.describe_devices()}, "
@@ -557,11 +564,12 @@ class _Loop:
         """Epoch-0 scores of the initial parameters (001 evaluates before it trains)."""
         records = [{"epoch": 0, "step": 0} for _ in hosts]
         if "valid" in self.corpus.splits:
-            for record, valid in zip(records, self._evaluate(states.params, "valid")):
+            for record, valid in zip(records, self._evaluate(self.eval_params(states),
+                                                             "valid")):
                 record.update(valid_nll=valid["nll"], valid_ppl=valid["ppl"],
                               valid_bits=valid["bits"])
         if self.rule is not None and self.config.train.lr_rule_metric != "train":
-            watched = self._watched(states.params, records)
+            watched = self._watched(self.eval_params(states), records)
             for i, host in enumerate(hosts):
                 records[i]["lr_rule_metric"] = watched[i]
                 hosts[i] = dataclasses.replace(
@@ -571,27 +579,26 @@ class _Loop:
         return states, [dataclasses.replace(h, started=True) for h in hosts]
 
     def _end_epoch(self, states, hosts):
-        """Validation, the learning-rate rule, the best checkpoint, for every member."""
+        """Validation, the learning-rate rule, NT-ASGD's trigger, the best checkpoint, for
+        every member."""
         records = []
         for host in hosts:
             train_nll = host.epoch_nll / max(host.epoch_tokens, 1.0)
             records.append({"epoch": host.epoch + 1, "step": self.step, "train_nll": train_nll,
                             "train_ppl": train.perplexity(train_nll)})
         best = [h.best_valid for h in hosts]
+        params = self.eval_params(states)
         if "valid" in self.corpus.splits:
             improved = []
-            for i, valid in enumerate(self._evaluate(states.params, "valid")):
+            for i, valid in enumerate(self._evaluate(params, "valid")):
                 records[i].update(valid_nll=valid["nll"], valid_ppl=valid["ppl"],
                                   valid_bits=valid["bits"])
                 if math.isfinite(valid["nll"]) and (best[i] is None or valid["nll"] < best[i]):
                     best[i] = valid["nll"]
                     improved.append(i)
             if improved:
-                host_states = self.layout.fetch(states)
-                for i in improved:
-                    self.folders[i].save_best(self.member(host_states, i),
-                                              dataclasses.asdict(hosts[i]))
-        watched = (self._watched(states.params, records)
+                self._save_best(states, hosts, improved)
+        watched = (self._watched(params, records)
                    if self.rule is not None and self.config.train.lr_rule != "zaremba" else None)
         out = []
         for i, host in enumerate(hosts):
@@ -606,34 +613,59 @@ class _Loop:
                 lr, reference = plateau.learning_rate, plateau.reference
                 records[i]["lr_rule_metric"] = value
             records[i]["next_lr"] = lr
+            history, since = host.valid_history, host.averaging_from
+            if t.ntasgd_patience and "valid_nll" in records[i]:
+                value = records[i]["valid_nll"]
+                if since is None and lr_rules.nt_trigger(list(history), value,
+                                                         t.ntasgd_patience):
+                    since = self.step
+                    records[i]["averaging_from"] = since
+                    self.print(f"\n{self.folders[i].path.name}: validation stopped improving "
+                               f"(NT-ASGD): averaging the iterates from step {since} on")
+                history = (*history, value)
             out.append(dataclasses.replace(host, epoch=epoch, lr=lr, lr_reference=reference,
-                                           best_valid=best[i], epoch_nll=0.0, epoch_tokens=0.0))
+                                           best_valid=best[i], epoch_nll=0.0, epoch_tokens=0.0,
+                                           valid_history=history, averaging_from=since))
             self.log(i, records[i])
-        lr_dtype = self.template.opt_state.hyperparams["learning_rate"].dtype
-        states = self.with_lr(states, self.per_member([h.lr for h in out], lr_dtype))
-        return states, out
+        hyper = self.template.opt_state.hyperparams
+        values = {"learning_rate": self.per_member([h.lr for h in out],
+                                                   hyper["learning_rate"].dtype)}
+        if "average" in hyper:
+            values["average"] = self.per_member([h.averaging_from is not None for h in out],
+                                                hyper["average"].dtype)
+        return self.with_hyperparams(states, values), out
+
+    def _save_best(self, states, hosts, members) -> None:
+        """The best checkpoint of each of `members`, holding the parameters it was scored
+        with (NT-ASGD: the average) in place of the iterate."""
+        host_states = self.layout.fetch(states)
+        host_states = host_states._replace(params=self.eval_params(host_states))
+        for i in members:
+            self.folders[i].save_best(self.member(host_states, i), dataclasses.asdict(hosts[i]))
 
     def _close(self, states, hosts) -> list[dict[str, Any]]:
         """Score the last partial epoch (time budget), then test, plot and sample."""
-        host_states = self.layout.fetch(states)
         if self.step % self.per_epoch != 0 and "valid" in self.corpus.splits:
             # Logged, and kept as the best only when no epoch has ended yet: the best
             # checkpoint stays an end-of-epoch one, as in a run never stopped.
-            for i, valid in enumerate(self._evaluate(states.params, "valid")):
+            first = []
+            for i, valid in enumerate(self._evaluate(self.eval_params(states), "valid")):
                 host = hosts[i]
                 self.log(i, {"epoch": host.epoch + 1, "step": self.step, "partial_epoch": True,
                              "valid_nll": valid["nll"], "valid_ppl": valid["ppl"],
                              "valid_bits": valid["bits"]})
                 if host.best_valid is None and math.isfinite(valid["nll"]):
-                    self.folders[i].save_best(self.member(host_states, i),
-                                              dataclasses.asdict(host))
+                    first.append(i)
+            if first:
+                self._save_best(states, hosts, first)
+        host_states = self.layout.fetch(states)
         if self.processes > 1:  # process 0 has written the best checkpoints read below
             multihost_utils.sync_global_devices("jax_lm: best checkpoints written")
         finals = []  # every member's best params (or its last, without a best checkpoint)
         for i, folder in enumerate(self.folders):
             best = checkpoint.best_path(folder.path)
             finals.append(checkpoint.load_checkpoint(best, self.template)[0].params
-                          if best.exists() else self.member(host_states, i).params)
+                          if best.exists() else self.eval_params(self.member(host_states, i)))
         params = self.layout.put(self.stack(finals), self.layout.member)
         results = [{"step": self.step, "num_params": model.num_params(finals[i]),
                     "train_seconds": round(h.train_seconds, 1)} for i, h in enumerate(hosts)]

@@ -7,6 +7,7 @@ the host; the new rate goes into the optimizer state with `optim.set_learning_ra
 - 001: halve when the evaluated loss rises           -> `HALVE_WHEN_LOSS_RISES`
 - PyTorch word_language_model: ÷4 when validation loss is not a new best -> `QUARTER_WHEN_NOT_BEST`
 - Zaremba et al. 2014: constant for `start` epochs, then × decay per epoch -> `zaremba_decay`
+- Merity et al. 2018: NT-ASGD's non-monotone trigger for iterate averaging -> `nt_trigger`
 """
 
 from __future__ import annotations
@@ -73,3 +74,13 @@ def zaremba_decay(base_rate: float, epoch: int, *, start: int, decay: float) -> 
     medium base 1, start 6, decay 1/1.2.
     """
     return base_rate * decay ** max(epoch - start, 0)
+
+
+def nt_trigger(history: list[float], value: float, patience: int) -> bool:
+    """NT-ASGD's non-monotone trigger (Merity et al. 2018, Algorithm 1; AWD-LSTM's code).
+
+    True when the validation loss `value` is worse than the best of the earlier ones
+    `history` (oldest first) excluding the `patience` most recent, and there are more than
+    `patience` of them: len(history) > n and value > min(history[:-n]).
+    """
+    return len(history) > patience and value > min(history[:len(history) - patience])

@@ -25,13 +25,19 @@ def estimate_memory(config, vocab_size: int) -> dict[str, int]:
     allocated. An estimate for refusing hopeless configs early, not a measurement.
     """
     m, d = config.model, config.data
-    gates, hidden = _GATES.get(m.cell, 4), m.hidden_size
-    embed = 0 if m.one_hot else (m.embed_size or hidden)
+    gates = _GATES.get(m.cell, 4)
+    try:
+        sizes = [int(w) for w in m.layer_sizes.split(",")] if m.layer_sizes else []
+    except ValueError:
+        sizes = []
+    sizes = sizes or [m.hidden_size] * m.num_layers
+    embed = 0 if m.one_hot else (m.embed_size or sizes[0])
     params, width = vocab_size * embed, vocab_size if m.one_hot else embed
-    for _ in range(m.num_layers):
+    for hidden in sizes:
         params += gates * hidden * (width + hidden + 1)
         width = hidden
-    params += (0 if m.tie_weights else hidden * vocab_size) + vocab_size
+    params += (0 if m.tie_weights else width * vocab_size) + vocab_size
+    hidden = sum(sizes) / len(sizes)  # activations: the mean width
     size = _BYTES.get(m.param_dtype, 4)
     act_size = _BYTES.get(m.compute_dtype or m.param_dtype, 4)
     steps = d.seq_len if d.batcher != "sentences" else 64  # sentences: a typical length
@@ -44,9 +50,11 @@ def estimate_memory(config, vocab_size: int) -> dict[str, int]:
 
     train = values(d.batch_size, gates + 2, 2)
     evaluate = values(d.eval_batch_size or d.batch_size, 2, 1)
-    activations = max(train, evaluate) * act_size
+    activations = int(max(train, evaluate) * act_size)
     estimate = {"parameters": params * size,
-                "optimizer state": params * size * _OPTIMIZER_COPIES.get(config.train.optimizer, 2),
+                "optimizer state": params * size * (
+                    _OPTIMIZER_COPIES.get(config.train.optimizer, 2)
+                    + (config.train.ntasgd_patience > 0)),  # NT-ASGD: the average
                 "gradients": params * size, "activations": activations}
     estimate["total"] = sum(estimate.values())
     return estimate

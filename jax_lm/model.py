@@ -6,8 +6,26 @@
 
 One-hot input (000, 001) is the case with no embedding matrix: the first layer's input
 weights w_x [V, G·H] are looked up by token id, which equals one_hot(tokens) @ w_x.
-Dropout (Zaremba et al. 2014; Chainer's `RNNForLM`) acts on the non-recurrent connections:
-the input of every layer and the input of the output projection.
+Layers may differ in width (`layer_sizes`, e.g. AWD-LSTM's 1150, 1150, 400).
+
+Regularization, all off by default, all pure functions of the step's dropout key (none of
+it acts at evaluation, where `dropout_key` is None):
+
+- dropout (Zaremba et al. 2014; Chainer's `RNNForLM`) on the non-recurrent connections:
+  the first layer's input, between layers, and the output projection's input, each at its
+  own rate (`dropout_input`, `dropout_hidden`, `dropout_output`; None: `dropout`). With
+  `locked_dropout` each sequence of the batch draws one mask [B, D] for all its steps
+  (variational dropout, Gal & Ghahramani 2016); otherwise every position draws its own.
+- `state_dropout`: h_{t-1} ⊙ m / (1 − p) in the recurrent matmul, one mask [B, H] per
+  sequence and layer (Gal & Ghahramani's recurrent dropout); the state itself is not dropped.
+- `embed_dropout`: whole word types dropped for the batch, e ← e · m_w / (1 − p) with one
+  m_w ~ Bernoulli(1 − p) per vocabulary row (Gal & Ghahramani; AWD-LSTM's dropoute). The
+  output projection of a tied model reads the undropped matrix.
+- `weight_drop`: DropConnect on every recurrent matrix, W_h ⊙ M / (1 − p), one mask [H, G·H]
+  per layer and step, shared by the batch and all time steps (Merity et al. 2018).
+- `ar`, `tar`: activation regularization α·mean(h̃²) of the last layer's dropped outputs
+  and temporal activation regularization β·mean((h_t − h_{t−1})²) of its outputs before
+  dropout (Merity et al. 2017), `activation_penalty`; means over valid positions and units.
 
 Speed and memory options of `LMConfig` never change what is computed (up to rounding;
 `tests/test_fast_scan.py`): `fast_backward` (default on) differentiates each layer with
@@ -27,7 +45,7 @@ Parameters are a plain dict::
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -47,9 +65,19 @@ class LMConfig:
     cell: cells.Cell = cells.LSTM()
     num_layers: int = 2
     hidden_size: int = 200
-    embed_size: int | None = None  # None: same as hidden_size
+    embed_size: int | None = None  # None: same as the first layer's size
+    layer_sizes: tuple[int, ...] | None = None  # per-layer widths; None: hidden_size each
     one_hot: bool = False          # no embedding; layer 0 reads one-hot tokens (000, 001)
     dropout: float = 0.0           # rate on each layer's input and on the output layer's input
+    dropout_input: float | None = None   # first layer's input (None: dropout)
+    dropout_hidden: float | None = None  # between layers (None: dropout)
+    dropout_output: float | None = None  # the output projection's input (None: dropout)
+    locked_dropout: bool = False   # one mask per sequence, shared by its steps (variational)
+    state_dropout: float = 0.0     # on h_{t-1} in the recurrent matmul, one mask per sequence
+    embed_dropout: float = 0.0     # whole word types of the embedding, per batch
+    weight_drop: float = 0.0       # DropConnect on W_h, one mask per layer and step
+    ar: float = 0.0                # α of activation regularization (`activation_penalty`)
+    tar: float = 0.0               # β of temporal activation regularization
     tie_weights: bool = False      # output weights = embedding transposed (Press & Wolf 2017)
     output_bias: bool = True
     init: str = "uniform"          # "uniform" (±init_scale), "fan_in" (±1/√n) or "default"
@@ -70,13 +98,24 @@ class LMConfig:
     def __post_init__(self):
         if self.num_layers < 1:
             raise ValueError(f"num_layers must be ≥ 1, got {self.num_layers}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.layer_sizes is not None and (len(self.layer_sizes) != self.num_layers or
+                                             min(self.layer_sizes) < 1):
+            raise ValueError(f"layer_sizes must be {self.num_layers} positive widths (one per "
+                             f"layer), got {self.layer_sizes}")
+        for name in ("dropout", "dropout_input", "dropout_hidden", "dropout_output",
+                     "state_dropout", "embed_dropout", "weight_drop"):
+            rate = getattr(self, name)
+            if rate is not None and not 0.0 <= rate < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {rate}")
+        if self.ar < 0 or self.tar < 0:
+            raise ValueError(f"ar and tar must be ≥ 0, got {self.ar} and {self.tar}")
+        if self.one_hot and self.embed_dropout:
+            raise ValueError("embed_dropout needs an embedding; it cannot be used with one_hot")
         if self.tie_weights and self.one_hot:
             raise ValueError("tie_weights needs an embedding; it cannot be used with one_hot")
-        if self.tie_weights and self.input_size != self.hidden_size:
-            raise ValueError(f"tie_weights needs embed_size == hidden_size, got "
-                             f"{self.input_size} and {self.hidden_size}")
+        if self.tie_weights and self.input_size != self.output_size:
+            raise ValueError(f"tie_weights needs the embedding as wide as the last layer, got "
+                             f"{self.input_size} and {self.output_size}")
         cells.make_inits(self.init, self.init_scale)  # validates the scheme name
         if self.remat_segment < 0 or self.logits_chunk < 0:
             raise ValueError("remat_segment and logits_chunk must be ≥ 0 (0 = off)")
@@ -84,11 +123,42 @@ class LMConfig:
             jnp.dtype(self.compute_dtype)  # validates the name
 
     @property
+    def sizes(self) -> tuple[int, ...]:
+        """The width H_l of every layer."""
+        return self.layer_sizes or (self.hidden_size,) * self.num_layers
+
+    @property
+    def layers_text(self) -> str:
+        """"2×200", or the widths "1150-1150-400" when the layers differ."""
+        sizes = self.sizes
+        if len(set(sizes)) == 1:
+            return f"{self.num_layers}×{sizes[0]}"
+        return "-".join(map(str, sizes))
+
+    @property
+    def output_size(self) -> int:
+        """Width of the features that feed the output projection: the last layer's."""
+        return self.sizes[-1]
+
+    @property
     def input_size(self) -> int:
         """Width of the first layer's input: V for one-hot, else the embedding size."""
         if self.one_hot:
             return self.vocab_size
-        return self.hidden_size if self.embed_size is None else self.embed_size
+        return self.sizes[0] if self.embed_size is None else self.embed_size
+
+    def rate(self, where: str, dropout: float | Array | None = None) -> float | Array:
+        """Dropout rate at "input", "hidden" or "output"; `dropout` overrides `self.dropout`
+        where no rate of its own is set (it may be traced: a population member's)."""
+        own = getattr(self, f"dropout_{where}")
+        return own if own is not None else (self.dropout if dropout is None else dropout)
+
+    @property
+    def stochastic(self) -> bool:
+        """True when training draws any mask (the step then needs a dropout key)."""
+        rates = (self.dropout, self.dropout_input, self.dropout_hidden, self.dropout_output,
+                 self.state_dropout, self.embed_dropout, self.weight_drop)
+        return any(rates)
 
 
 def init_lm(key: Array, config: LMConfig) -> Params:
@@ -99,33 +169,89 @@ def init_lm(key: Array, config: LMConfig) -> Params:
     params: Params = {"layers": []}
     if not config.one_hot:
         params["embed"] = inits.w_x(k_embed, (config.vocab_size, config.input_size), dtype)
-    for layer, k in enumerate(k_layers):
-        input_size = config.input_size if layer == 0 else config.hidden_size
-        params["layers"].append(config.cell.init(k, input_size, config.hidden_size, inits, dtype))
+    input_size = config.input_size
+    for size, k in zip(config.sizes, k_layers):
+        params["layers"].append(config.cell.init(k, input_size, size, inits, dtype))
+        input_size = size
     params["out"] = {}
     if not config.tie_weights:
-        params["out"]["w"] = inits.w_x(k_out_w, (config.hidden_size, config.vocab_size), dtype)
+        params["out"]["w"] = inits.w_x(k_out_w, (config.output_size, config.vocab_size), dtype)
     if config.output_bias:
         params["out"]["b"] = inits.b(k_out_b, (config.vocab_size,), dtype)
     return params
 
 
 def init_carry(config: LMConfig, batch_size: int) -> tuple:
-    """Zero state of every layer: a tuple of L carries, each [B, H] (LSTM: LSTMState)."""
+    """Zero state of every layer: a tuple of L carries, each [B, H_l] (LSTM: LSTMState)."""
     dtype = jnp.dtype(config.param_dtype)
-    return tuple(config.cell.initial_carry(batch_size, config.hidden_size, dtype)
-                 for _ in range(config.num_layers))
+    return tuple(config.cell.initial_carry(batch_size, size, dtype) for size in config.sizes)
 
 
-def _dropout(key: Array | None, rate: float | Array, x: Array) -> Array:
-    """Inverted dropout; the identity when `key` is None (evaluation) or rate is 0.
+def _is_zero(rate) -> bool:
+    return isinstance(rate, (int, float)) and rate == 0.0
 
-    `rate` may be a traced scalar (a population's members differ in it).
+
+def _keep_mask(key: Array, rate: float | Array, shape, dtype) -> Array:
+    """m / (1 − p) with m ~ Bernoulli(1 − p) of `shape`: 0 or 1/(1 − p), mean 1."""
+    keep = jax.random.bernoulli(key, 1.0 - rate, shape)
+    return jnp.where(keep, 1.0 / (1.0 - jnp.asarray(rate, dtype)), 0.0).astype(dtype)
+
+
+def dropout(key: Array | None, rate: float | Array, x: Array, *, locked: bool = False) -> Array:
+    """Inverted dropout of time-major x [T, B, D]: x ⊙ m / (1 − p).
+
+    `locked` draws one mask [1, B, D] for all T steps (variational dropout); otherwise one
+    per position [T, B, D]. The identity when `key` is None (evaluation) or `rate` is 0;
+    `rate` may be traced (a population's members differ in it).
     """
-    if key is None or (isinstance(rate, float) and rate == 0.0):
+    if key is None or _is_zero(rate):
         return x
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    shape = (1,) + x.shape[1:] if locked else x.shape
+    keep = jax.random.bernoulli(key, 1.0 - rate, shape)
     return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+def embedding_dropout(key: Array | None, rate: float, embed: Array, tokens: Array) -> Array:
+    """Rows of `embed` [V, D] for `tokens` [...] with whole word types dropped: -> [..., D].
+
+    One m_w ~ Bernoulli(1 − p) per vocabulary row, shared by every occurrence of the word
+    in the batch: embed[tokens] · m[tokens] / (1 − p). A plain lookup without a key.
+    """
+    x = jnp.take(embed, tokens, axis=0)
+    if key is None or _is_zero(rate):
+        return x
+    scale = _keep_mask(key, rate, (embed.shape[0],), embed.dtype)  # (V,)
+    return x * jnp.take(scale, tokens)[..., None]
+
+
+def drop_weights(key: Array | None, rate: float, w: Array) -> Array:
+    """DropConnect: w ⊙ M / (1 − p), one M ~ Bernoulli(1 − p) of w's shape; w without a key."""
+    if key is None or _is_zero(rate):
+        return w
+    return w * _keep_mask(key, rate, w.shape, w.dtype)
+
+
+def activation_penalty(h_dropped: Array, h: Array, mask: Array | None, *, ar: float,
+                       tar: float) -> Array:
+    """AR + TAR (Merity et al. 2017) of the last layer's features, time-major [T, B, H].
+
+        AR  = α · mean over valid (t, b) and units of h̃_t²        (h̃: after dropout)
+        TAR = β · mean over valid pairs (t−1, t) and units of (h_t − h_{t−1})²
+
+    `mask` [T, B] marks valid positions (None: all); a pair is valid when both are.
+    Without padding these are AWD-LSTM's `pow(2).mean()` terms.
+    """
+    total = jnp.zeros((), h.dtype)
+    valid = jnp.ones(h.shape[:2], h.dtype) if mask is None else mask.astype(h.dtype)
+    units = h.shape[-1]
+    if ar:
+        sq = (h_dropped.astype(h.dtype) ** 2).sum(-1) * valid
+        total += ar * sq.sum() / (jnp.maximum(valid.sum(), 1.0) * units)
+    if tar:
+        pairs = valid[1:] * valid[:-1]
+        sq = ((h[1:] - h[:-1]) ** 2).sum(-1) * pairs
+        total += tar * sq.sum() / (jnp.maximum(pairs.sum(), 1.0) * units)
+    return total
 
 
 def _cast(tree, dtype):
@@ -159,12 +285,16 @@ def _in_segments(scan_fn, carry, xw: Array, mask: Array | None, size: int):
 
 
 def _scan_layer(config: LMConfig, params: Params, carry, xw: Array, mask: Array | None,
-                return_carries: bool):
-    """One layer's recurrence over xw [T, B, G·H], with the backward pass `config` asks for."""
+                return_carries: bool, state_mask: Array | None = None):
+    """One layer's recurrence over xw [T, B, G·H], with the backward pass `config` asks for.
+
+    Recurrent dropout (`state_mask`) always takes the plain scan (`jax.grad` of it).
+    """
     cell = config.cell
-    if return_carries or not (config.fast_backward or config.remat_segment):
+    if return_carries or state_mask is not None or not (config.fast_backward or
+                                                         config.remat_segment):
         return cells.unroll_projected(cell, params, carry, xw, mask, unroll=config.unroll,
-                                      return_carries=return_carries)
+                                      return_carries=return_carries, state_mask=state_mask)
     unroll = fast_scan.unroll_projected if config.fast_backward else cells.unroll_projected
 
     def scan_fn(c, xw, mask):
@@ -175,28 +305,54 @@ def _scan_layer(config: LMConfig, params: Params, carry, xw: Array, mask: Array 
     return scan_fn(carry, xw, mask)
 
 
+class _Keys(NamedTuple):
+    """The dropout key of a step, split by purpose (None everywhere at evaluation)."""
+
+    inputs: list           # L + 1: each layer's input, then the output projection's input
+    embed: Array | None
+    states: list           # L: recurrent dropout
+    weights: list          # L: weight drop
+
+    @classmethod
+    def split(cls, key: Array | None, layers: int) -> _Keys:
+        if key is None:
+            return cls([None] * (layers + 1), None, [None] * layers, [None] * layers)
+        # The input keys are split from `key` itself (as before the other kinds existed),
+        # so runs with plain dropout draw the masks they always drew.
+        inputs = list(jax.random.split(key, layers + 1))
+        embed, *rest = jax.random.split(jax.random.fold_in(key, 1), 1 + 2 * layers)
+        return cls(inputs, embed, rest[:layers], rest[layers:])
+
+
 def _run_layers(params: Params, config: LMConfig, tokens: Array, carry: tuple,
                 mask: Array | None, dropout_key: Array | None, return_carries: bool,
                 dropout_rate: float | Array | None = None):
-    """The stacked layers over time-major tokens [T, B]; returns (h or carries per layer, carry).
+    """The stacked layers over time-major tokens [T, B].
 
-    With `config.compute_dtype` the params and carries are cast to it on the way in, and the
-    returned carries (not the features) back to `param_dtype` on the way out.
+    Returns (per layer: h [T, B, H_l] or the carries, new carry, top features after the
+    output dropout). With `config.compute_dtype` the params and carries are cast to it on
+    the way in, and the returned carries (not the features) back to `param_dtype`.
     """
-    rate = config.dropout if dropout_rate is None else dropout_rate
-    keys = ([None] * (config.num_layers + 1) if dropout_key is None
-            else list(jax.random.split(dropout_key, config.num_layers + 1)))
+    keys = _Keys.split(dropout_key, config.num_layers)
+    locked = config.locked_dropout
     cell = config.cell
     params, carry = _cast((params, carry), config.compute_dtype)
     project = fast_scan.project if config.fast_backward else cells.project
     new_carry, per_layer = [], []
-    x = None if config.one_hot else jnp.take(params["embed"], tokens, axis=0)  # (T, B, D)
+    x = None if config.one_hot else embedding_dropout(keys.embed, config.embed_dropout,
+                                                      params["embed"], tokens)  # (T, B, D)
     for layer, (lp, c) in enumerate(zip(params["layers"], carry)):
         if x is None:  # one-hot first layer: gather rows of w_x
             xw = cells.project_ids(lp, tokens)
         else:
-            xw = project(lp, _dropout(keys[layer], rate, x))  # (T, B, G·H)
-        c, out = _scan_layer(config, lp, c, xw, mask, return_carries)
+            rate = config.rate("input" if layer == 0 else "hidden", dropout_rate)
+            xw = project(lp, dropout(keys.inputs[layer], rate, x, locked=locked))  # (T, B, G·H)
+        lp = {**lp, "w_h": drop_weights(keys.weights[layer], config.weight_drop, lp["w_h"])}
+        state_mask = None
+        if keys.states[layer] is not None and config.state_dropout:
+            h0 = cell.output(c)
+            state_mask = _keep_mask(keys.states[layer], config.state_dropout, h0.shape, h0.dtype)
+        c, out = _scan_layer(config, lp, c, xw, mask, return_carries, state_mask)
         new_carry.append(c)
         per_layer.append(out)
         x = cell.output(out) if return_carries else out  # (T, B, H)
@@ -204,7 +360,8 @@ def _run_layers(params: Params, config: LMConfig, tokens: Array, carry: tuple,
         dtype = jnp.dtype(config.param_dtype)
         new_carry = _cast(new_carry, dtype)
         per_layer = _cast(per_layer, dtype) if return_carries else per_layer
-    return per_layer, tuple(new_carry), _dropout(keys[-1], rate, x)
+    out_rate = config.rate("output", dropout_rate)
+    return per_layer, tuple(new_carry), dropout(keys.inputs[-1], out_rate, x, locked=locked)
 
 
 def hidden_states(params: Params, tokens: Array, carry: tuple, *, config: LMConfig,
@@ -282,10 +439,28 @@ def token_nll(params: Params, tokens: Array, targets: Array, carry: tuple, *,
               config: LMConfig, mask: Array | None = None, dropout_key: Array | None = None,
               dropout_rate: float | Array | None = None):
     """Negative log-likelihood of each target: (nll [B, T] with 0 on padding, new carry)."""
-    h, carry = hidden_states(params, tokens, carry, config=config, mask=mask,
-                             dropout_key=dropout_key, dropout_rate=dropout_rate)
-    nll = _softmax_nll(params, h, targets, config=config)
-    return (nll if mask is None else jnp.where(mask.astype(bool), nll, 0.0)), carry
+    nll, _, carry = nll_and_penalty(params, tokens, targets, carry, config=config, mask=mask,
+                                    dropout_key=dropout_key, dropout_rate=dropout_rate)
+    return nll, carry
+
+
+def nll_and_penalty(params: Params, tokens: Array, targets: Array, carry: tuple, *,
+                    config: LMConfig, mask: Array | None = None,
+                    dropout_key: Array | None = None,
+                    dropout_rate: float | Array | None = None):
+    """`token_nll` and the `activation_penalty` of the same pass (0 unless config.ar/tar).
+
+    Returns (nll [B, T] with 0 on padding, penalty scalar, new carry).
+    """
+    mask_tm = None if mask is None else mask.T.astype(bool)
+    per_layer, carry, h_tm = _run_layers(params, config, tokens.T, carry, mask_tm, dropout_key,
+                                         False, dropout_rate)
+    penalty = jnp.zeros((), jnp.dtype(config.param_dtype))
+    if config.ar or config.tar:
+        penalty = activation_penalty(h_tm, per_layer[-1], mask_tm, ar=config.ar,
+                                     tar=config.tar).astype(penalty.dtype)
+    nll = _softmax_nll(params, jnp.swapaxes(h_tm, 0, 1), targets, config=config)
+    return (nll if mask is None else jnp.where(mask.astype(bool), nll, 0.0)), penalty, carry
 
 
 def layer_carries(params: Params, tokens: Array, carry: tuple, *, config: LMConfig,

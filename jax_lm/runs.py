@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_lm import checkpoint, data, pipeline, plots, train
+from jax_lm import checkpoint, data, optim, pipeline, plots, train
 from jax_lm import config as config_lib
 from jax_lm import sample as sample_lib
 from jax_lm.model import LMConfig, Params
@@ -93,7 +93,7 @@ class Run:
         done = (f", finished at step {final['step']}, valid ppl {final['valid_ppl']:.2f}"
                 if "valid_ppl" in final else "")
         return (f"Run({str(self.path)!r}, {self.config.model.cell} "
-                f"{self.lm_config.num_layers}×{self.lm_config.hidden_size}, vocab "
+                f"{self.lm_config.layers_text}, vocab "
                 f"{self.vocab.size}{done})")
 
     def _folder(self) -> RunDir:
@@ -185,7 +185,8 @@ def load_run(run_dir: str | os.PathLike, which: str = "best") -> Run:
         state, metadata = checkpoint.load_checkpoint(path, template)
     if metadata.get("vocab") not in (None, vocab.fingerprint()):
         raise RunFolderError(f"{folder.path / VOCAB} does not match checkpoint {path}")
-    return Run(config, lm_config, vocab, pipeline.tokenizer_for(config), state.params, metadata,
+    params = optim.evaluation_params(state.opt_state, state.params)  # NT-ASGD: the average
+    return Run(config, lm_config, vocab, pipeline.tokenizer_for(config), params, metadata,
                folder.path)
 
 

@@ -86,7 +86,8 @@ def make_train_step(config: LMConfig, optimizer, *, regime: str = "truncated", w
     (JAX's `repackage_hidden`); "window" is 001's per-output truncation
     (`bptt.window_token_nll`, k = `window_k`) from the zero state.
     Loss: Σ nll / Σ mask ("token_mean"), Σ nll / B ("batch_mean": sum over time, mean over
-    the batch, as Zaremba's code) or Σ nll ("sum", the per-sentence loss of 000 and 001).
+    the batch, as Zaremba's code) or Σ nll ("sum", the per-sentence loss of 000 and 001),
+    plus the model's `activation_penalty` (AR/TAR) when it has one; metrics count the NLL.
     A step whose loss or gradient is not finite (a NaN/inf entry, or a gradient norm beyond
     the float range) leaves params and optimizer state unchanged and is counted in the
     metrics. `controls` (optional, `Controls`) freezes a member or sets its dropout rate.
@@ -101,21 +102,22 @@ def make_train_step(config: LMConfig, optimizer, *, regime: str = "truncated", w
         if regime == "window":
             nll = bptt.window_token_nll(params, batch.inputs, batch.targets, carry,
                                         config=config, k=window_k, mask=mask)
+            penalty = 0.0
         else:
-            nll, carry = model.token_nll(params, batch.inputs, batch.targets, carry,
-                                         config=config, mask=mask, dropout_key=dropout_key,
-                                         dropout_rate=dropout_rate)
+            nll, penalty, carry = model.nll_and_penalty(
+                params, batch.inputs, batch.targets, carry, config=config, mask=mask,
+                dropout_key=dropout_key, dropout_rate=dropout_rate)
         total, count = nll.sum(), mask.sum()
         loss = {"token_mean": total / jnp.maximum(count, 1.0), "batch_mean":
                 total / batch.inputs.shape[0], "sum": total}[reduction]
-        return loss, (total, count, carry)
+        return loss + penalty, (total, count, carry)
 
     def train_step(state: TrainState, batch: batching.Batch, controls: Controls | None = None):
         batch_size = batch.inputs.shape[0]
         fresh = model.init_carry(config, batch_size)
         carry = fresh if regime in ("full", "window") else _reset_rows(state.carry, batch.reset,
                                                                        fresh)
-        dropout_key = jax.random.fold_in(state.rng, state.step) if config.dropout else None
+        dropout_key = jax.random.fold_in(state.rng, state.step) if config.stochastic else None
         live, rate = (True, None) if controls is None else controls
         grads, (total, count, carry) = jax.grad(loss_fn, has_aux=True)(
             state.params, batch, carry, dropout_key, rate)
@@ -186,4 +188,4 @@ def build_optimizer(config) -> optax.GradientTransformation:
     """The optimizer that `config.train` names (optax, learning rate in its state)."""
     t = config.train
     return optim.make_optimizer(t.optimizer, t.learning_rate, clip_norm=t.clip_norm or None,
-                                **dict(t.optimizer_options))
+                                average=t.ntasgd_patience > 0, **dict(t.optimizer_options))

@@ -72,8 +72,19 @@ BAD = [
     ({"model.cell": "rnn", "model.gate_fn": "tanh"}, "model.gate_fn='tanh' does not apply"),
     ({"model.cell": "gru", "model.activation": "relu"}, "model.activation='relu' does not apply"),
     ({"model.tie_weights": "true", "model.embed_size": "32"},
-     "model.tie_weights=True needs the embedding as wide as model.hidden_size=256, "
-     "got model.embed_size=32"),
+     "model.tie_weights=True needs the embedding as wide as the last layer "
+     "(model.hidden_size=256), got model.embed_size=32; set model.embed_size=256"),
+    ({"model.num_layers": "3", "model.layer_sizes": "64,32", "model.tie_weights": "true"},
+     "model.layer_sizes='64,32' must be 3 positive integers separated by commas"),
+    ({"model.num_layers": "2", "model.layer_sizes": "64,32", "model.tie_weights": "true"},
+     "needs the embedding as wide as the last layer (the last of model.layer_sizes='64,32'), "
+     "got 64 (the first layer's width, as model.embed_size=0); set model.embed_size=32"),
+    ({"model.dropout_output": "1.0"}, "model.dropout_output=1.0 must be in [0, 1) or -1"),
+    ({"model.weight_drop": "-0.1"}, "model.weight_drop=-0.1 must be in [0, 1)"),
+    ({"model.ar": "-2.0"}, "model.ar=-2.0 must be ≥ 0 and finite"),
+    ({"train.ntasgd_patience": "-1"}, "train.ntasgd_patience=-1 must be ≥ 0"),
+    ({"train.regime": "window", "model.weight_drop": "0.5", "model.tar": "1.0"},
+     "train.regime='window' does not support model.weight_drop=0.5, model.tar=1.0"),
     ({"model.tie_weights": "true", "model.one_hot": "true"},
      "model.tie_weights=True needs an embedding to tie, but model.one_hot=True"),
     ({"train.regime": "window", "model.dropout": "0.5"},

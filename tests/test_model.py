@@ -107,7 +107,7 @@ def test_tied_weights_project_with_the_transposed_embedding(key):
 
 @pytest.mark.parametrize("bad,message", [
     (dict(tie_weights=True, one_hot=True), "needs an embedding"),
-    (dict(tie_weights=True, embed_size=3), "embed_size == hidden_size"),
+    (dict(tie_weights=True, embed_size=3), "embedding as wide as the last layer"),
     (dict(dropout=1.0), "dropout must be in"),
     (dict(num_layers=0), "num_layers"),
     (dict(init="xavier"), "unknown init scheme"),
