@@ -191,44 +191,62 @@ def _is_zero(rate) -> bool:
     return isinstance(rate, (int, float)) and rate == 0.0
 
 
-def _keep_mask(key: Array, rate: float | Array, shape, dtype) -> Array:
-    """m / (1 − p) with m ~ Bernoulli(1 − p) of `shape`: 0 or 1/(1 − p), mean 1."""
+def keep_mask(key: Array, rate: float | Array, shape, dtype) -> Array:
+    """m / (1 − p) with m ~ Bernoulli(1 − p) of `shape`: entries 0 or 1/(1 − p), mean 1.
+
+    `rate` may be traced (a population's members differ in it).
+    """
     keep = jax.random.bernoulli(key, 1.0 - rate, shape)
     return jnp.where(keep, 1.0 / (1.0 - jnp.asarray(rate, dtype)), 0.0).astype(dtype)
 
 
-def dropout(key: Array | None, rate: float | Array, x: Array, *, locked: bool = False) -> Array:
-    """Inverted dropout of time-major x [T, B, D]: x ⊙ m / (1 − p).
+class Masks(NamedTuple):
+    """Every mask of one training pass (entries 0 or 1/(1 − p)); None where nothing drops.
 
-    `locked` draws one mask [1, B, D] for all T steps (variational dropout); otherwise one
-    per position [T, B, D]. The identity when `key` is None (evaluation) or `rate` is 0;
-    `rate` may be traced (a population's members differ in it).
+    inputs:  L + 1 masks, each layer's input then the output projection's input:
+             [1, B, D] locked (one per sequence) or [T, B, D] (one per position)
+    embed:   [V], one factor per word type (embedding dropout)
+    states:  L masks [B, H_l] on h_{t-1} in the recurrent matmul (recurrent dropout)
+    weights: L masks [H_l, G·H_l] on W_h (weight drop), shared by the batch and the steps
     """
-    if key is None or _is_zero(rate):
-        return x
-    shape = (1,) + x.shape[1:] if locked else x.shape
-    keep = jax.random.bernoulli(key, 1.0 - rate, shape)
-    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+    inputs: tuple
+    embed: Array | None
+    states: tuple
+    weights: tuple
 
 
-def embedding_dropout(key: Array | None, rate: float, embed: Array, tokens: Array) -> Array:
-    """Rows of `embed` [V, D] for `tokens` [...] with whole word types dropped: -> [..., D].
+def draw_masks(key: Array, config: LMConfig, steps: int, batch: int,
+               dropout_rate: float | Array | None = None) -> Masks:
+    """The masks of a training pass over [B, T] tokens, a pure function of `key`.
 
-    One m_w ~ Bernoulli(1 − p) per vocabulary row, shared by every occurrence of the word
-    in the batch: embed[tokens] · m[tokens] / (1 − p). A plain lookup without a key.
+    `dropout_rate` overrides `config.dropout` (see `LMConfig.rate`). The input masks are
+    drawn from `split(key, L + 1)`, the others from `fold_in(key, 1)`.
     """
-    x = jnp.take(embed, tokens, axis=0)
-    if key is None or _is_zero(rate):
-        return x
-    scale = _keep_mask(key, rate, (embed.shape[0],), embed.dtype)  # (V,)
-    return x * jnp.take(scale, tokens)[..., None]
+    dtype = jnp.dtype(config.compute_dtype or config.param_dtype)
+    layers, sizes = config.num_layers, config.sizes
+    widths = (config.input_size, *sizes)  # each layer's input, then the projection's
+    input_keys = jax.random.split(key, layers + 1)
+    k_embed, *rest = jax.random.split(jax.random.fold_in(key, 1), 1 + 2 * layers)
 
+    def draw(k, rate, shape):
+        return None if _is_zero(rate) else keep_mask(k, rate, shape, dtype)
 
-def drop_weights(key: Array | None, rate: float, w: Array) -> Array:
-    """DropConnect: w ⊙ M / (1 − p), one M ~ Bernoulli(1 − p) of w's shape; w without a key."""
-    if key is None or _is_zero(rate):
-        return w
-    return w * _keep_mask(key, rate, w.shape, w.dtype)
+    inputs = []
+    for layer in range(layers + 1):
+        where = "input" if layer == 0 else "output" if layer == layers else "hidden"
+        rate = 0.0 if (layer == 0 and config.one_hot) else config.rate(where, dropout_rate)
+        inputs.append(draw(input_keys[layer], rate, (1 if config.locked_dropout else steps,
+                                                     batch, widths[layer])))
+    gates = len(config.cell.GATES)
+    return Masks(
+        inputs=tuple(inputs),
+        embed=None if config.one_hot else draw(k_embed, config.embed_dropout,
+                                               (config.vocab_size,)),
+        states=tuple(draw(k, config.state_dropout, (batch, h))
+                     for k, h in zip(rest[:layers], sizes)),
+        weights=tuple(draw(k, config.weight_drop, (h, gates * h))
+                      for k, h in zip(rest[layers:], sizes)))
 
 
 def activation_penalty(h_dropped: Array, h: Array, mask: Array | None, *, ar: float,
@@ -305,63 +323,53 @@ def _scan_layer(config: LMConfig, params: Params, carry, xw: Array, mask: Array 
     return scan_fn(carry, xw, mask)
 
 
-class _Keys(NamedTuple):
-    """The dropout key of a step, split by purpose (None everywhere at evaluation)."""
-
-    inputs: list           # L + 1: each layer's input, then the output projection's input
-    embed: Array | None
-    states: list           # L: recurrent dropout
-    weights: list          # L: weight drop
-
-    @classmethod
-    def split(cls, key: Array | None, layers: int) -> _Keys:
-        if key is None:
-            return cls([None] * (layers + 1), None, [None] * layers, [None] * layers)
-        # The input keys are split from `key` itself (as before the other kinds existed),
-        # so runs with plain dropout draw the masks they always drew.
-        inputs = list(jax.random.split(key, layers + 1))
-        embed, *rest = jax.random.split(jax.random.fold_in(key, 1), 1 + 2 * layers)
-        return cls(inputs, embed, rest[:layers], rest[layers:])
-
-
 def _run_layers(params: Params, config: LMConfig, tokens: Array, carry: tuple,
-                mask: Array | None, dropout_key: Array | None, return_carries: bool,
-                dropout_rate: float | Array | None = None):
-    """The stacked layers over time-major tokens [T, B].
+                mask: Array | None, masks: Masks | None, return_carries: bool):
+    """The stacked layers over time-major tokens [T, B], with `masks` (None: no dropout).
 
     Returns (per layer: h [T, B, H_l] or the carries, new carry, top features after the
     output dropout). With `config.compute_dtype` the params and carries are cast to it on
     the way in, and the returned carries (not the features) back to `param_dtype`.
     """
-    keys = _Keys.split(dropout_key, config.num_layers)
-    locked = config.locked_dropout
+    layers = config.num_layers
+    if masks is None:
+        masks = Masks((None,) * (layers + 1), None, (None,) * layers, (None,) * layers)
+
+    def drop(x, m):
+        return x if m is None else x * m
+
     cell = config.cell
     params, carry = _cast((params, carry), config.compute_dtype)
     project = fast_scan.project if config.fast_backward else cells.project
     new_carry, per_layer = [], []
-    x = None if config.one_hot else embedding_dropout(keys.embed, config.embed_dropout,
-                                                      params["embed"], tokens)  # (T, B, D)
+    x = None
+    if not config.one_hot:  # embedding dropout: embed[w] · m_w, as a lookup of both
+        x = jnp.take(params["embed"], tokens, axis=0)                     # (T, B, D)
+        if masks.embed is not None:
+            x = x * jnp.take(masks.embed, tokens)[..., None]
     for layer, (lp, c) in enumerate(zip(params["layers"], carry)):
         if x is None:  # one-hot first layer: gather rows of w_x
             xw = cells.project_ids(lp, tokens)
         else:
-            rate = config.rate("input" if layer == 0 else "hidden", dropout_rate)
-            xw = project(lp, dropout(keys.inputs[layer], rate, x, locked=locked))  # (T, B, G·H)
-        lp = {**lp, "w_h": drop_weights(keys.weights[layer], config.weight_drop, lp["w_h"])}
-        state_mask = None
-        if keys.states[layer] is not None and config.state_dropout:
-            h0 = cell.output(c)
-            state_mask = _keep_mask(keys.states[layer], config.state_dropout, h0.shape, h0.dtype)
-        c, out = _scan_layer(config, lp, c, xw, mask, return_carries, state_mask)
+            xw = project(lp, drop(x, masks.inputs[layer]))                 # (T, B, G·H)
+        if masks.weights[layer] is not None:  # DropConnect on W_h
+            lp = {**lp, "w_h": lp["w_h"] * masks.weights[layer]}
+        c, out = _scan_layer(config, lp, c, xw, mask, return_carries, masks.states[layer])
         new_carry.append(c)
         per_layer.append(out)
-        x = cell.output(out) if return_carries else out  # (T, B, H)
+        x = cell.output(out) if return_carries else out                    # (T, B, H)
     if config.compute_dtype is not None:
         dtype = jnp.dtype(config.param_dtype)
         new_carry = _cast(new_carry, dtype)
         per_layer = _cast(per_layer, dtype) if return_carries else per_layer
-    out_rate = config.rate("output", dropout_rate)
-    return per_layer, tuple(new_carry), dropout(keys.inputs[-1], out_rate, x, locked=locked)
+    return per_layer, tuple(new_carry), drop(x, masks.inputs[-1])
+
+
+def _masks(config: LMConfig, tokens: Array, dropout_key, dropout_rate) -> Masks | None:
+    if dropout_key is None:
+        return None
+    steps, batch = tokens.shape[1], tokens.shape[0]
+    return draw_masks(dropout_key, config, steps, batch, dropout_rate)
 
 
 def hidden_states(params: Params, tokens: Array, carry: tuple, *, config: LMConfig,
@@ -380,8 +388,8 @@ def hidden_states(params: Params, tokens: Array, carry: tuple, *, config: LMConf
       (h [B, T, H] after the output dropout, new carry).
     """
     mask_tm = None if mask is None else mask.T.astype(bool)
-    _, carry, h = _run_layers(params, config, tokens.T, carry, mask_tm, dropout_key, False,
-                              dropout_rate)
+    _, carry, h = _run_layers(params, config, tokens.T, carry, mask_tm,
+                              _masks(config, tokens, dropout_key, dropout_rate), False)
     return jnp.swapaxes(h, 0, 1), carry
 
 
@@ -453,8 +461,8 @@ def nll_and_penalty(params: Params, tokens: Array, targets: Array, carry: tuple,
     Returns (nll [B, T] with 0 on padding, penalty scalar, new carry).
     """
     mask_tm = None if mask is None else mask.T.astype(bool)
-    per_layer, carry, h_tm = _run_layers(params, config, tokens.T, carry, mask_tm, dropout_key,
-                                         False, dropout_rate)
+    per_layer, carry, h_tm = _run_layers(params, config, tokens.T, carry, mask_tm,
+                                         _masks(config, tokens, dropout_key, dropout_rate), False)
     penalty = jnp.zeros((), jnp.dtype(config.param_dtype))
     if config.ar or config.tar:
         penalty = activation_penalty(h_tm, per_layer[-1], mask_tm, ar=config.ar,
