@@ -51,8 +51,9 @@ def load_sweep(path_or_name: str | os.PathLike) -> tuple[Any, list[dict[str, Any
 
 
 def point_name(overrides: dict[str, Any]) -> str:
-    """A folder name for a grid point: `cell=gru,seed=1`."""
-    return ",".join(f"{k.split('.')[-1]}={v}" for k, v in overrides.items())
+    """A folder name for a grid point: `cell=gru,seed=1` ("base" for the point without
+    overrides)."""
+    return ",".join(f"{k.split('.')[-1]}={v}" for k, v in overrides.items()) or "base"
 
 
 def _final_record(run_dir: Path) -> dict | None:

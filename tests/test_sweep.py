@@ -71,3 +71,8 @@ def test_a_config_without_a_grid_is_not_a_sweep(tmp_path):
     path.write_text("from jax_lm.config import get_config\n")
     with pytest.raises(sweep.config_lib.ConfigError, match="no get_sweep"):
         sweep.load_sweep(path)
+
+
+def test_the_point_without_overrides_gets_a_folder_of_its_own():
+    assert sweep.point_name({}) == "base"
+    assert sweep.point_name({"model.cell": "gru", "seed": 1}) == "cell=gru,seed=1"

@@ -1,6 +1,7 @@
-"""AWD-LSTM on PTB (Merity, Keskar & Socher 2018, "Regularizing and Optimizing LSTM
-Language Models"): 3 layers 1150-1150-400, tied 400-wide embedding, the paper's
-regularizers and NT-ASGD. A GPU-sized run (500 epochs).
+"""AWD-LSTM on PTB (Merity et al. 2018): 3 layers 1150-1150-400, tied, NT-ASGD (a GPU run).
+
+Merity, Keskar & Socher 2018, "Regularizing and Optimizing LSTM Language Models": a tied
+400-wide embedding, the paper's regularizers and NT-ASGD, 500 epochs.
 
 Paper (without fine-tuning or the cache): 60.0 validation / 57.3 test perplexity.
     jax-lm train --config awd_lstm_ptb

@@ -1,5 +1,6 @@
-"""The search behind `ptb_cpu_hour`: layer widths and regularization strength at a short
-budget (6 minutes of training each), to rank candidates before one hour-long run.
+"""The search behind `ptb_cpu_hour`: layer widths and learning rate at a 6-minute budget.
+
+Each point trains for 6 minutes, to rank candidates before one hour-long run.
 
     jax-lm sweep sweep_ptb_cpu_hour     # about 30 minutes on 2 CPU cores
 """
