@@ -209,6 +209,11 @@ class _Loop:
 
         vocab = self._saved_vocab() if resume else None
         self.corpus = pipeline.load_run_corpus(c, vocab)
+        if c.train.ntasgd_patience and "valid" not in self.corpus.splits:
+            raise config_lib.ConfigError(
+                f"train.ntasgd_patience={c.train.ntasgd_patience} watches the validation "
+                f"loss, but {self.corpus.source} has no validation split; add a valid.txt "
+                "or set train.ntasgd_patience=0")
         self.vocab = self.corpus.vocab
         self.member_lm_configs = [config_lib.build_lm_config(m, self.vocab.size)
                                   for m in configs]

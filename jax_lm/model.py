@@ -8,8 +8,9 @@ One-hot input (000, 001) is the case with no embedding matrix: the first layer's
 weights w_x [V, G·H] are looked up by token id, which equals one_hot(tokens) @ w_x.
 Layers may differ in width (`layer_sizes`, e.g. AWD-LSTM's 1150, 1150, 400).
 
-Regularization, all off by default, all pure functions of the step's dropout key (none of
-it acts at evaluation, where `dropout_key` is None):
+Regularization, all off by default. `draw_masks(key, config, T, B)` draws every mask of
+a training pass as one `Masks` pytree, a pure function of the step's dropout key; nothing
+is drawn at evaluation, where `dropout_key` is None:
 
 - dropout (Zaremba et al. 2014; Chainer's `RNNForLM`) on the non-recurrent connections:
   the first layer's input, between layers, and the output projection's input, each at its

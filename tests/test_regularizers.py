@@ -370,3 +370,13 @@ def test_population_members_regularize_and_switch_to_averaging_as_their_single_r
                      runs.load_run(tmp_path / f"p{i}").params,
                      runs.load_run(tmp_path / f"a{i}").params)
     assert switched == [True, False]
+
+
+def test_ntasgd_without_a_validation_split_is_one_clear_error(tmp_path):
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "train.txt").write_text("a b c\n" * 20)
+    config = _tiny_run_config(tmp_path, **{"data.source": str(tmp_path / "corpus")})
+    with pytest.raises(config_lib.ConfigError, match="train.ntasgd_patience=1 watches the "
+                       "validation loss, but .* has no validation split"):
+        _fit(config, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()
