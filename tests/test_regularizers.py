@@ -148,19 +148,22 @@ def _reference_loss(params, tokens, targets, carry, masks, config, pad):
     return loss + config.ar * ar + config.tar * tar
 
 
-@pytest.mark.parametrize("fast_backward", [True, False])
+@pytest.mark.parametrize("state_dropout", [0.0, 0.25])
 @pytest.mark.parametrize("cell_name", sorted(cells.CELLS))
 def test_gradient_with_fixed_masks_equals_the_masked_models_autodiff_gradient(
-        cell_name, fast_backward):
+        cell_name, state_dropout):
     """Every switch on, from a carried state, with padding: the library's loss and
-    gradient equal the step-by-step reference's, in float64."""
-    config = _config(cell_name, fast_backward=fast_backward, **ALL_ON)
+    gradient equal the step-by-step reference's, in float64. Without recurrent dropout
+    the layers take `jax_lm.fast_scan`'s backward pass; with it, `jax.grad` of the scan."""
+    config = _config(cell_name, **{**ALL_ON, "state_dropout": state_dropout})
     params = model.init_lm(jax.random.key(0), config)
     tokens, targets = _tokens()
     carry = jax.tree.map(lambda z: z + 0.1, model.init_carry(config, B))  # a carried state
     pad = jnp.ones((B, T), bool).at[0, 4:].set(False).at[2, 5:].set(False)
     key = jax.random.key(7)
     masks = model.draw_masks(key, config, T, B)
+    if not state_dropout:  # the reference multiplies by ones
+        masks = masks._replace(states=tuple(jnp.ones((B, h)) for h in config.sizes))
 
     def library(params):
         nll, penalty, _ = model.nll_and_penalty(params, tokens, targets, carry, config=config,
@@ -296,7 +299,7 @@ def _tiny_run_config(tmp_path, **overrides):
                 "data.batch_size": 4, "data.seq_len": 8, "model.hidden_size": 16,
                 "model.locked_dropout": True, "model.dropout": 0.2, "model.weight_drop": 0.3,
                 "model.embed_dropout": 0.1, "model.ar": 1.0, "model.tar": 1.0,
-                "train.optimizer": "sgd", "train.learning_rate": 3.0, "train.epochs": 7,
+                "train.optimizer": "sgd", "train.learning_rate": 3.0, "train.epochs": 5,
                 "train.ntasgd_patience": 1, "train.log_every": 5, "sample.num_samples": 0,
                 **overrides}
     return config_lib.apply_overrides(config_lib.get_config(),
