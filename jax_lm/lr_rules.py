@@ -1,7 +1,7 @@
 """Host-side learning-rate rules of the seed documents and the classic PTB recipes.
 
 Each rule is a pure function of (rule, state, metric) -> state, evaluated once per epoch on
-the host; the new rate goes into the optimizer state with `optim.set_learning_rate`.
+the host; the new rate goes into the optimizer state with `optim.set_hyperparams`.
 
 - 000: halve when the epoch's log-likelihood drops   -> `HALVE_WHEN_LIKELIHOOD_DROPS`
 - 001: halve when the evaluated loss rises           -> `HALVE_WHEN_LOSS_RISES`

@@ -103,7 +103,7 @@ PHASES = {
     "checkpoint": ("jax_lm.checkpoint", "save_checkpoint", 3),  # while a checkpoint is written
     "validation": ("jax_lm.loop._Loop", "_evaluate", 1),      # the first epoch end
     "best": ("jax_lm.rundir.RunDir", "save_best", 1),          # writing the best checkpoint
-    "lr_rule": ("jax_lm.optim", "set_learning_rate", 1),       # the learning-rate decision
+    "lr_rule": ("jax_lm.lr_rules.DecayWhenWorse", "update", 1),  # the learning-rate decision
     "log": ("jax_lm.rundir.RunDir", "log", 7),                 # appending to metrics.jsonl
     "plot": ("jax_lm.rundir.RunDir", "save_figure", 1),        # the end: curves.png
     "samples": ("jax_lm.runs", "sample_texts", 1),             # the end: samples.txt
