@@ -24,13 +24,11 @@ def estimate_memory(config, vocab_size: int) -> dict[str, int]:
     `eval_batch_size`) counts when it needs more. Reads only the config: nothing is
     allocated. An estimate for refusing hopeless configs early, not a measurement.
     """
+    from jax_lm.config import layer_sizes  # noqa: PLC0415 - config imports this module
+
     m, d = config.model, config.data
     gates = _GATES.get(m.cell, 4)
-    try:
-        sizes = [int(w) for w in m.layer_sizes.split(",")] if m.layer_sizes else []
-    except ValueError:
-        sizes = []
-    sizes = sizes or [m.hidden_size] * m.num_layers
+    sizes = layer_sizes(m)  # a resolved config's are valid
     embed = 0 if m.one_hot else (m.embed_size or sizes[0])
     params, width = vocab_size * embed, vocab_size if m.one_hot else embed
     for hidden in sizes:
