@@ -6,7 +6,8 @@
 #      (under CUDA MPS when it starts, so that their small kernels overlap).
 # First run experiments/gpu/prepare.sh here (wheels into .whl, PTB into .gpu_data; carry
 # both). Everything lands in $OUT: issue17.log and runs.tgz (metrics, configs, logs).
-# SMOKE=1 runs the same steps in seconds on a CPU (tiny budgets), to check the script.
+# SMOKE=1 runs the same steps on a CPU with tiny budgets, to check the plumbing (imports,
+# data, exit codes, waits, the tarball); there the runs' compilations outlast its deadlines.
 set -u
 OUT=${OUT:-/tmp/issue17-out}; mkdir -p "$OUT"
 T0=$(date +%s); el() { echo $(( $(date +%s) - T0 )); }
