@@ -310,6 +310,12 @@ def _fit(config, run_dir, **kwargs):
     return loop.fit(config, run_dir, progress=False, print_fn=lambda _: None, **kwargs)
 
 
+def _latest_state(run_dir):
+    run = runs.load_run(run_dir, "latest")
+    return checkpoint.load_checkpoint(checkpoint.latest_path(run_dir),
+                                      runs.state_template(run.config, run.lm_config))[0]
+
+
 def test_ntasgd_run_averages_after_the_trigger_and_resumes_exactly(tmp_path):
     """A run whose validation stalls switches to averaging (logged), is scored with the
     average, keeps it as the best checkpoint, and resumes to the same bits."""
@@ -329,8 +335,7 @@ def test_ntasgd_run_averages_after_the_trigger_and_resumes_exactly(tmp_path):
     best = runs.load_run(tmp_path / "full")  # scored with the average
     assert best.evaluate("valid")["nll"] == pytest.approx(result["valid_nll"], rel=1e-6)
     latest = runs.load_run(tmp_path / "full", "latest")
-    state, _ = checkpoint.load_checkpoint(checkpoint.latest_path(tmp_path / "full"),
-                                          runs.state_template(latest.config, latest.lm_config))
+    state = _latest_state(tmp_path / "full")
     assert int(state.opt_state.inner_state[-1].count) > 0
     jax.tree.map(np.testing.assert_array_equal, latest.params,
                  state.opt_state.inner_state[-1].average)
@@ -340,9 +345,14 @@ def test_ntasgd_run_averages_after_the_trigger_and_resumes_exactly(tmp_path):
     # validation (its history is in the checkpoint) and average as the whole run did.
     stop = switched[0]["step"] - 2
     _fit(_tiny_run_config(tmp_path, **{"train.max_steps": stop}), tmp_path / "cut")
+    # Until the trigger fires, NT-ASGD changes no parameter: the same run without it
+    # (patience 0) holds the same bits at that step.
+    _fit(_tiny_run_config(tmp_path, **{"train.max_steps": stop, "train.ntasgd_patience": 0}),
+         tmp_path / "off")
+    jax.tree.map(np.testing.assert_array_equal, _latest_state(tmp_path / "off").params,
+                 _latest_state(tmp_path / "cut").params)
     _fit(config, tmp_path / "cut", resume=True)
-    cut = checkpoint.load_checkpoint(checkpoint.latest_path(tmp_path / "cut"),
-                                     runs.state_template(latest.config, latest.lm_config))[0]
+    cut = _latest_state(tmp_path / "cut")
     plain = lambda s: s._replace(rng=jax.random.key_data(s.rng))  # noqa: E731
     jax.tree.map(np.testing.assert_array_equal, plain(cut), plain(state))
 

@@ -4,8 +4,9 @@ Merity, Keskar & Socher 2018, "Regularizing and Optimizing LSTM Language Models"
 400-wide embedding, the paper's regularizers and NT-ASGD, 500 epochs.
 
 Paper, without the cache pointer: 60.0 validation / 57.3 test perplexity after its
-fine-tuning stage, which jax_lm does not have. The reference code's README: about 61.2 / 58.8 without
-fine-tuning (batch 20), and about 45 s per epoch at batch 40 on a Quadro GP100.
+fine-tuning stage, which jax_lm does not have. The reference code's README: about
+61.2 / 58.8 without fine-tuning (batch 20), and about 45 s per epoch at batch 40 on a
+Quadro GP100.
     jax-lm train --config awd_lstm_ptb
 
 Deviations from the paper's code, all of them small: the BPTT length is a fixed 70 (the
