@@ -318,7 +318,8 @@ def _latest_state(run_dir):
 
 def test_ntasgd_run_averages_after_the_trigger_and_resumes_exactly(tmp_path):
     """A run whose validation stalls switches to averaging (logged), is scored with the
-    average, keeps it as the best checkpoint, and resumes to the same bits."""
+    average, keeps it as the best checkpoint, and resumes to the same bits; before the
+    trigger its parameters are those of the same run without NT-ASGD."""
     config = _tiny_run_config(tmp_path)
     result = _fit(config, tmp_path / "full")
     records = [json.loads(line) for line in
