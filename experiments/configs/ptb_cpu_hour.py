@@ -5,7 +5,7 @@ NT-ASGD-style iterate averaging.
 
 Goal (issue 17): test perplexity below 100 within `time_budget_minutes=60` of training
 (validation and test time are not counted). Chosen with `sweep_ptb_cpu_hour`; the runs and
-the ablation (5 of its 7 rows so far) are in experiments/results/ptb_cpu_hour.md.
+its ablation are in experiments/results/ptb_cpu_hour.md.
     jax-lm train --config ptb_cpu_hour
 """
 

@@ -1,15 +1,14 @@
 """Ablation of `ptb_cpu_hour`: each regularizer switched off in turn, at the same budget.
 
-The recipe, then one switch off per point, all at the recipe's budget (60 minutes of
+One switch off per point, and the recipe itself, all at the recipe's budget (60 minutes of
 training each on the 2-core CPU, about 8 hours in all; the sweep skips finished points
 and resumes an interrupted one, so it can run over several sessions that keep runs/).
 
     jax-lm sweep sweep_ptb_cpu_hour_ablation
 
-The points measured so far are in experiments/results/ptb_cpu_hour.md; the grid lists
-the ones still missing there first, so that a session can stop the sweep once they are
-done. The recipe's point comes second because the host's speed varies between
-sessions: rows measured in one session are compared with the recipe measured beside them.
+The table is in experiments/results/ptb_cpu_hour.md. The host's speed varies between
+hours, so a 60-minute budget ends at different steps; the table compares the points by
+validation at equal steps (end of epoch 8).
 """
 
 from jax_lm.config import load_config
